@@ -1,0 +1,54 @@
+"""Command-line plumbing shared by the scripts: common options, config resolution, clean error exits.
+
+Library code raises exceptions; :func:`run_script` is the one place that turns the expected ones
+(bad config, bad checkpoint, bad data) into a one-line message and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, TypeVar
+
+from captioner.config import ConfigError, apply_overrides, config_from_dict, load_config
+from captioner.training import CheckpointError, NonFiniteLossError, load_checkpoint
+
+C = TypeVar("C")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_config: str) -> None:
+    """``--config``, ``--set``, ``--device``, ``-c/--checkpoint`` and ``--no-progress``."""
+    parser.add_argument("--config", default=default_config,
+                        help=f"YAML run configuration (default: {default_config}); ignored with -c, "
+                             "which resumes with the configuration stored in the checkpoint")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable; "
+                             "also applies on top of a resumed checkpoint's configuration)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("-c", "--checkpoint", default=None,
+                        help="resume this run exactly from one of its checkpoint*.pt files")
+    parser.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bars")
+
+
+def resolve_run_config(args: argparse.Namespace, cls: type[C], kind: str) -> tuple[C, dict | None]:
+    """The run's config and, when resuming with ``-c``, the loaded checkpoint payload."""
+    if args.checkpoint:
+        payload = load_checkpoint(args.checkpoint, kind=kind)
+        data = apply_overrides(payload["config"], args.set)
+        return config_from_dict(cls, data, source=f"{args.checkpoint} (stored config)"), payload
+    return load_config(cls, args.config, args.set), None
+
+
+EXPECTED_ERRORS = (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError)
+
+
+def run_script(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
+    """Run ``main(argv)``; print expected errors as one line on stderr and exit with status 2."""
+    try:
+        main(argv)
+    except EXPECTED_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint written is complete; resume with -c", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,272 @@
+"""Typed run configurations: YAML in, dataclasses out, every key checked.
+
+Each script run is described by one YAML file (see ``configs/``) that is loaded into one of the
+dataclasses below. Unknown keys are an error that names the key and the file, values are checked
+against the field's type, and any value can be overridden on the command line::
+
+    python train_encoder.py --config configs/shapes_encoder.yaml --set train.lr=3e-4 --set train.epochs=2
+
+The resolved configuration (file + overrides) is stored as a plain dict inside every checkpoint, so a
+resumed run uses exactly the settings it was started with.
+
+The captioner never repeats the encoder's architecture: with ``-p`` it comes from the MAE checkpoint,
+and when training from scratch it is read from the ``model`` section of the encoder YAML file that
+``CaptionerRunConfig.encoder_config`` points to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed, has an unknown key, or a value of the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The schemas
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    processed_dir: str = "data/shapes/processed"  # written by process_coco.py
+    batch_size: int = 128  # images per step (MAE) or captions per step (captioner)
+    num_workers: int = 0  # DataLoader worker processes; 0 reads in the main process (fast: uint8 cache)
+    max_caption_len: int = 32  # tokens per caption including <sos> and <eos>; longer ones are truncated
+
+
+@dataclass
+class ViTConfig:
+    """The Vision Transformer that MAE pretrains and the captioner reuses."""
+
+    image_size: int = 64  # network input resolution (square)
+    patch_size: int = 8
+    width: int = 192  # d_model
+    depth: int = 6  # number of encoder layers
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+
+@dataclass
+class MAEConfig:
+    """The masked-autoencoder objective and its light decoder."""
+
+    mask_ratio: float = 0.75
+    decoder_width: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True  # regress per-patch normalised pixels (MAE paper, better features)
+
+
+@dataclass
+class AugmentConfig:
+    crop_scale_min: float = 0.2  # random resized crop: smallest fraction of the image area kept
+    flip: bool = True  # horizontal flips: images only (MAE); never used with captions
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    lr: float = 1.5e-3  # peak learning rate, reached after warm-up
+    min_lr: float = 1e-5  # end of the cosine decay
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32  (auto: bf16 on CUDA if supported, else fp16; fp32 on CPU)
+    compile: bool = False  # torch.compile the model
+    seed: int = 0
+    log_every: int = 20  # steps between log lines (and host syncs)
+
+
+@dataclass
+class EncoderRunConfig:
+    """Configuration of ``train_encoder.py``."""
+
+    run_dir: str = "runs/shapes_encoder"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ViTConfig = field(default_factory=ViTConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    splits: list[str] = field(default_factory=lambda: ["train"])  # image splits MAE learns from (e.g. add "unlabeled")
+    n_reconstructions: int = 8  # validation images in the per-epoch reconstruction picture
+
+
+@dataclass
+class CaptionDecoderConfig:
+    width: int = 256
+    depth: int = 3
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1
+
+
+@dataclass
+class UnfreezeConfig:
+    """Layer-wise unfreezing of the pretrained encoder, from the top layer down."""
+
+    start_epoch: int = 2  # first (0-based) epoch in which the top encoder layer trains
+    decay: float = 0.7  # each encoder group's lr is `decay` times the lr of the group above it
+
+
+@dataclass
+class EvalConfig:
+    beam_size: int = 3
+    alpha: float = 0.6  # length-normalisation exponent, GNMT's ((5 + len) / 6) ** alpha
+    max_len: int = 24  # generated tokens, <eos> included
+    bleu_images: int = 200  # validation images captioned for BLEU-4 after each epoch (0: all)
+    patience: int = 0  # stop after this many epochs without a better BLEU-4 (0: never stop early)
+
+
+@dataclass
+class CaptionerRunConfig:
+    """Configuration of ``train_captioner.py``."""
+
+    run_dir: str = "runs/shapes_captioner"
+    encoder_config: str = "configs/shapes_encoder.yaml"  # architecture source when training from scratch (no -p)
+    data: DataConfig = field(default_factory=DataConfig)
+    decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    label_smoothing: float = 0.1
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, overriding, converting
+# --------------------------------------------------------------------------------------------------
+
+C = TypeVar("C")
+
+
+def _check_value(value: Any, annotation: Any, where: str) -> Any:
+    """Return ``value`` converted to ``annotation`` (int -> float is allowed), or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _from_dict(annotation, value, where)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _check_value(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_check_value(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the number it means.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported field type {annotation}")
+
+
+def _from_dict(cls: type[C], data: dict, where: str) -> C:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(names))})")
+    kwargs = {k: _check_value(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(cls: type[C], data: dict, source: str = "config") -> C:
+    """Build ``cls`` from a nested dict; missing keys take their defaults, unknown keys raise.
+
+    >>> config_from_dict(TrainConfig, {"lr": 1}).lr
+    1.0
+    """
+    try:
+        return _from_dict(cls, data, "")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def config_to_dict(config: Any) -> dict:
+    """The plain nested dict of a config dataclass (what checkpoints store)."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict, overrides: list[str], source: str = "--set") -> dict:
+    """Apply ``a.b=value`` overrides to a nested dict; values are parsed as YAML (``3e-4``, ``true``, ``[a, b]``)."""
+    data = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{source}: expected KEY=VALUE, got {item!r}")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            child = dict(child) if isinstance(child, dict) else {}
+            node[part] = child
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: cannot parse the value of {key!r}: {e}") from None
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with errors that name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
+    """Load ``path`` (or the defaults when None), apply ``--set`` overrides, and check every key.
+
+    Raises ConfigError naming the file and the offending key.
+    """
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides))
+    return config_from_dict(cls, data, source=str(path) if path is not None else "defaults")
