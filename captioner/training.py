@@ -353,12 +353,24 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
     return path
 
 
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The ``checkpoint{N}.pt`` with the largest N in ``run_dir`` (CheckpointError if there is none)."""
+    run_dir = Path(run_dir)
+    numbered = [(int(p.stem[len("checkpoint"):]), p) for p in run_dir.glob("checkpoint*.pt")
+                if p.stem[len("checkpoint"):].isdigit()]
+    if not numbered:
+        raise CheckpointError(f"{run_dir}: no checkpoint<N>.pt files in this folder")
+    return max(numbered)[1]
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     """Load a checkpoint with ``weights_only=True`` onto the CPU, checking its format and ``kind``.
 
+    ``path`` may also be a run folder: its latest ``checkpoint{N}.pt`` is loaded.
+
     Raises CheckpointError naming the file for a missing, unreadable or mismatched checkpoint.
     """
-    path = Path(path)
+    path = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
