@@ -1,0 +1,271 @@
+"""Step 1: get the images and captions, train the tokenizer, tokenize, and pre-resize every image.
+
+    python process_coco.py                                  # synthetic shapes dataset, offline, < 1 min
+    python process_coco.py --tokenizer wordpiece            # the same with a WordPiece tokenizer
+    python process_coco.py --source coco                    # MS COCO 2017, downloaded into data/coco/raw
+    python process_coco.py --source coco --coco-dir /datasets/coco2017   # a copy you already have
+
+The script runs in four numbered sections (see :func:`process`):
+
+1. Get images and captions: generate the shapes dataset, download COCO, or use ``--coco-dir``; then
+   read and validate every annotation file.
+2. Train the tokenizer on the *training* captions only.
+3. For each split: pre-resize every image once into a uint8 cache at ``--image-size``, tokenize
+   every caption and write the split's record.
+4. Write ``meta.json`` and print a summary, with the skipped items counted by reason.
+
+Output, under ``<data-dir>/processed/`` (format version ``captioner.coco_data.FORMAT_VERSION``):
+
+- ``tokenizer.txt``: the tokenizer (``captioner.tokenizers.load_tokenizer`` reads it).
+- ``{split}_images.npy`` for each split present (train, val, test, and unlabeled if there is one):
+  a plain numpy ``.npy`` file holding a uint8 array ``(N, S, S, 3)``, RGB, each image's shorter
+  side resized to S and centre-cropped. Read it with ``np.load(path, mmap_mode="r")``.
+- ``{split}.json``: ``format_version``, ``split``, ``image_size``; ``image_ids`` (N ints, the
+  order of the rows of the .npy), ``file_names`` (N), ``captions`` (N lists of raw captions, empty
+  for test and unlabeled), ``tokens`` (N lists: the token ids of each caption, *without*
+  ``<sos>``/``<eos>``; the loaders add them).
+- ``meta.json``: source, image size, tokenizer kind and vocabulary size, images and captions per
+  split, the skipped items (split, reason, path or id) and their counts by reason, the options, and
+  the format version. It is written last: a folder without it is incomplete.
+- ``stamps/{output}.stamp``: one small JSON per finished output with a fingerprint of what it was made from.
+
+Bad input never stops the run unless an annotation file itself is unreadable (not JSON, or a
+top-level key missing): that stops the script with a message naming the file. Bad annotations
+(missing keys, duplicate ids, empty captions, captions of unknown images, images without
+captions) and bad images (missing, empty, truncated, corrupt, decompression bombs) are skipped,
+reported with their path and reason, counted, and left out of their split consistently.
+
+Interrupted runs: every output is written under a temporary name and renamed when complete, and a
+rerun redoes only the outputs whose stamp is missing or made from other inputs or options, so it
+picks up where the last run stopped.
+"""
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from captioner.cli import run_script
+from captioner.coco_data import (
+    FORMAT_VERSION,
+    SkipLog,
+    available_splits,
+    build_image_cache,
+    file_stats,
+    fingerprint,
+    is_done,
+    parse_split,
+    split_files,
+    stamp_path,
+    tokenize_captions,
+    write_json,
+    write_split_json,
+    write_stamp,
+)
+from captioner.coco_download import COCO_FILES, DownloadError, fetch_coco
+from captioner.shapes import generate_shapes_dataset
+from captioner.tokenizers import load_tokenizer, train_tokenizer
+
+DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256}
+MAX_LISTED_PER_REASON = 10  # skipped items printed per reason; meta.json lists them all
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Step 1: get images and captions, train the tokenizer, tokenize every caption and "
+                    "pre-resize every image into a uint8 cache under <data-dir>/processed/. A rerun "
+                    "redoes only what is missing or was made with other options.")
+    parser.add_argument("--source", choices=("shapes", "coco"), default="shapes",
+                        help="shapes (default): generate the synthetic dataset, offline; coco: MS COCO 2017")
+    parser.add_argument("--data-dir", default=None,
+                        help="where raw/ and processed/ go (default: data/shapes or data/coco)")
+    parser.add_argument("--coco-dir", default=None,
+                        help="use an existing COCO 2017 copy (train2017/, val2017/, annotations/, ...) "
+                             "instead of downloading it into <data-dir>/raw")
+    parser.add_argument("--base-url", default=None,
+                        help="download COCO from this mirror (same paths as images.cocodataset.org) instead of "
+                             "the official site")
+    parser.add_argument("--tokenizer", choices=("bpe", "wordpiece"), default="bpe", help="tokenizer kind (default: %(default)s)")
+    parser.add_argument("--vocab-size", type=int, default=5000,
+                        help="tokenizer vocabulary size, the 4 special tokens included (default: %(default)s)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="side of the cached square images (default: 64 for shapes, 256 for coco); "
+                             "shapes are also drawn at this size")
+    parser.add_argument("--n-train", type=int, default=4000, help="shapes: training images (default: %(default)s)")
+    parser.add_argument("--n-val", type=int, default=500, help="shapes: validation images (default: %(default)s)")
+    parser.add_argument("--n-test", type=int, default=500, help="shapes: test images (default: %(default)s)")
+    parser.add_argument("--n-unlabeled", type=int, default=0, help="shapes: unlabeled images, for MAE (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="shapes: random seed of the generator (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="processes that decode and resize images (default: min(4, CPU count) = %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Parse the options and run all four sections; returns the contents of meta.json."""
+    args = parse_args(argv)
+    try:
+        return process(args)
+    except DownloadError as e:
+        raise SystemExit(f"error: {e}\nrerun the same command to resume the download") from None
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: finished outputs are kept; rerun the same command to continue") from None
+
+
+def process(args: argparse.Namespace) -> dict:
+    """The four sections; returns the contents of meta.json."""
+    data_dir = Path(args.data_dir or f"data/{args.source}")
+    processed = data_dir / "processed"
+    processed.mkdir(parents=True, exist_ok=True)
+    image_size = args.image_size or DEFAULT_IMAGE_SIZE[args.source]
+    # meta.json marks a complete folder; it comes back at the end of a run that finishes.
+    (processed / "meta.json").unlink(missing_ok=True)
+
+    def bar(total, desc, unit, **kwargs):
+        return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=args.no_progress, **kwargs)
+
+    # ---------------------------------------------------------------------------------------------
+    # 1. Get images and captions
+    # ---------------------------------------------------------------------------------------------
+    if args.source == "shapes":
+        coco_dir = data_dir / "raw"
+        sizes = dict(n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, n_unlabeled=args.n_unlabeled)
+        start = time.perf_counter()
+        with bar(sum(sizes.values()), "shapes dataset", "img") as b:
+            generate_shapes_dataset(coco_dir, **sizes, image_size=image_size, seed=args.seed, progress=b.update)
+        print(f"1. shapes dataset (seed {args.seed}, {image_size} px) in {coco_dir} "
+              f"[{time.perf_counter() - start:.1f} s]")
+    elif args.coco_dir:
+        coco_dir = Path(args.coco_dir)
+        print(f"1. using the COCO copy in {coco_dir}")
+    else:
+        coco_dir = data_dir / "raw"
+        start = time.perf_counter()
+        with bar(None, "downloading COCO", "B", unit_scale=True) as b:
+            fetch_coco(coco_dir, COCO_FILES, base_url=args.base_url, progress=b.update, log=tqdm.write)
+        print(f"1. COCO 2017 in {coco_dir} [{time.perf_counter() - start:.1f} s]")
+
+    specs = available_splits(coco_dir)
+    if args.source == "shapes" and args.n_unlabeled == 0:
+        # raw/ may still hold the unlabeled split of an earlier run made with --n-unlabeled.
+        specs = [spec for spec in specs if spec.name != "unlabeled"]
+    skips = SkipLog()
+    splits = [parse_split(coco_dir, spec, skips) for spec in specs]
+    for split in splits:
+        n_captions = sum(len(c) for c in split.captions)
+        print(f"   {split.name}: {len(split.image_ids)} images, {n_captions} captions")
+    _remove_stale_splits(processed, {split.name for split in splits})
+
+    # ---------------------------------------------------------------------------------------------
+    # 2. Train the tokenizer on the training captions only
+    # ---------------------------------------------------------------------------------------------
+    train = next(split for split in splits if split.name == "train")
+    train_captions = [c for captions in train.captions for c in captions]
+    tokenizer_path = processed / "tokenizer.txt"
+    tokenizer_fp = fingerprint("tokenizer", args.tokenizer, args.vocab_size, train_captions)
+    if is_done(processed, tokenizer_path.name, tokenizer_fp):
+        tokenizer = load_tokenizer(tokenizer_path)
+        print(f"2. tokenizer: up to date ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
+    else:
+        stamp_path(processed, tokenizer_path.name).unlink(missing_ok=True)
+        start = time.perf_counter()
+        with bar(None, f"training {args.tokenizer}", "merge") as b:
+            def merged(done, total):
+                b.total = total
+                b.update(done - b.n)
+            tokenizer = train_tokenizer(args.tokenizer, train_captions, args.vocab_size, progress=merged)
+        tokenizer.save(tokenizer_path)
+        write_stamp(processed, tokenizer_path.name, {"fingerprint": tokenizer_fp})
+        print(f"2. tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens, trained on "
+              f"{len(train_captions)} training captions [{time.perf_counter() - start:.1f} s]")
+
+    # ---------------------------------------------------------------------------------------------
+    # 3. Pre-resize every image and tokenize every caption, split by split
+    # ---------------------------------------------------------------------------------------------
+    print(f"3. pre-resizing images to {image_size}x{image_size} and tokenizing captions into {processed}")
+    counts = {}
+    for split in splits:
+        images_path, json_path = split_files(processed, split.name)
+        paths = [split.image_dir / name for name in split.file_names]
+        start = time.perf_counter()
+        cache_fp = fingerprint("images", FORMAT_VERSION, image_size, [str(p) for p in paths], file_stats(paths))
+        stamp = is_done(processed, images_path.name, cache_fp)
+        if stamp:
+            failures, cache_note = stamp["failures"], "images up to date"
+        else:
+            # Drop stamps first: the split's old outputs must not pass for the new ones.
+            for output in (images_path, json_path):
+                stamp_path(processed, output.name).unlink(missing_ok=True)
+            with bar(len(paths), f"{split.name} images", "img") as b:
+                failures = build_image_cache(paths, images_path, image_size, args.workers, b.update)
+            write_stamp(processed, images_path.name, {"fingerprint": cache_fp, "failures": failures})
+            cache_note = f"{len(paths) - len(failures)} images resized"
+        for _, reason, message in failures:
+            skips.add(split.name, reason, message)
+        bad_rows = {row for row, _, _ in failures}
+        split = split.select([i for i in range(len(paths)) if i not in bad_rows])
+
+        json_fp = fingerprint("split", tokenizer_fp, cache_fp, split.image_ids, split.file_names, split.captions)
+        if is_done(processed, json_path.name, json_fp):
+            token_note = "captions up to date"
+        else:
+            n_captions = sum(len(c) for c in split.captions)
+            with bar(len(split.captions), f"{split.name} captions", "img") as b:
+                tokens = tokenize_captions(tokenizer, split.captions, b.update)
+            write_split_json(json_path, split, tokens, image_size)
+            write_stamp(processed, json_path.name, {"fingerprint": json_fp})
+            token_note = f"{n_captions} captions tokenized"
+        counts[split.name] = {"images": len(split.image_ids), "captions": sum(len(c) for c in split.captions)}
+        print(f"   {split.name}: {cache_note}, {token_note} [{time.perf_counter() - start:.1f} s]")
+
+    # ---------------------------------------------------------------------------------------------
+    # 4. meta.json and the summary
+    # ---------------------------------------------------------------------------------------------
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "source": args.source,
+        "coco_dir": str(coco_dir),
+        "image_size": image_size,
+        "tokenizer": tokenizer.kind,
+        "vocab_size": tokenizer.vocab_size,
+        "splits": counts,
+        "skipped_counts": skips.counts(),
+        "skipped": skips.items,
+        "options": {k: v for k, v in vars(args).items() if k != "no_progress"},
+    }
+    write_json(processed / "meta.json", meta)
+    _print_summary(skips)
+    print(f"4. done: {processed / 'meta.json'}")
+    return meta
+
+
+def _remove_stale_splits(processed: Path, present: set[str]) -> None:
+    """Delete the outputs of splits that this run does not have (e.g. unlabeled from an older run)."""
+    for images_path in processed.glob("*_images.npy"):
+        split = images_path.name.removesuffix("_images.npy")
+        if split not in present:
+            for output in split_files(processed, split):
+                output.unlink(missing_ok=True)
+                stamp_path(processed, output.name).unlink(missing_ok=True)
+
+
+def _print_summary(skips: SkipLog) -> None:
+    counts = skips.counts()
+    if not counts:
+        print("   nothing skipped")
+        return
+    print(f"   skipped {len(skips.items)} items:")
+    for reason, n in sorted(counts.items(), key=lambda kv: -kv[1]):
+        print(f"     {n:6d}  {reason}")
+        items = [entry for entry in skips.items if entry["reason"] == reason]
+        for entry in items[:MAX_LISTED_PER_REASON]:
+            print(f"             {entry['split']}: {entry['item']}")
+        if len(items) > MAX_LISTED_PER_REASON:
+            print(f"             ... and {len(items) - MAX_LISTED_PER_REASON} more (all in meta.json)")
+
+
+if __name__ == "__main__":
+    run_script(main)
