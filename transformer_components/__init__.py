@@ -1,0 +1,26 @@
+"""A small, readable transformer: attention with a KV cache, pre-norm layers, position
+encodings, and greedy / beam-search generation. Knows nothing about images or captions."""
+
+from .attention import AttentionCache, KVCache, MultiHeadAttention, attention_mask
+from .encoder_decoder import TransformerEncoderDecoder
+from .generation import beam_search, greedy_search, length_penalty
+from .layers import DecoderLayer, EncoderLayer, FeedForward, TransformerDecoder, TransformerEncoder
+from .position import sincos_2d_position_encoding, sinusoidal_position_encoding
+
+__all__ = [
+    "AttentionCache",
+    "DecoderLayer",
+    "EncoderLayer",
+    "FeedForward",
+    "KVCache",
+    "MultiHeadAttention",
+    "TransformerDecoder",
+    "TransformerEncoder",
+    "TransformerEncoderDecoder",
+    "attention_mask",
+    "beam_search",
+    "greedy_search",
+    "length_penalty",
+    "sincos_2d_position_encoding",
+    "sinusoidal_position_encoding",
+]

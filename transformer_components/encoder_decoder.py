@@ -1,0 +1,68 @@
+"""An encoder and a decoder joined: training forward pass and caption generation."""
+
+import torch
+from torch import Tensor, nn
+
+from .generation import beam_search, greedy_search
+
+
+class TransformerEncoderDecoder(nn.Module):
+    """encoder(src) -> memory (B, S, C); decoder(tokens, memory, ...) -> logits (B, T, V).
+
+    The encoder may be any module (for images src is (B, 3, H, W)). The decoder follows the
+    protocol of transformer_components.generation (e.g. captioner.caption_decoder.CaptionDecoder):
+    decoder(tokens, memory, memory_padding_mask=None, cache=None) and decoder.new_cache().
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, src) -> Tensor:
+        """src -> memory (B, S, C)."""
+        return self.encoder(src)
+
+    def forward(self, src, tokens: Tensor, src_index: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits (N, T, V) for tokens (N, T), right-padded.
+
+        src_index (N,) long: row n of `tokens` belongs to source src_index[n], so a batch of U
+        images is encoded once and shared by all of their captions. Without it N must equal B.
+        Example: 2 images with 5 captions each -> src (2, 3, H, W), tokens (10, T),
+        src_index = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1].
+        """
+        memory = self.encode(src)  # (B, S, C)
+        if src_index is not None:
+            memory = memory.index_select(0, src_index)  # (N, S, C)
+        return self.decoder(tokens, memory)  # (N, T, V)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        src,
+        sos_id: int,
+        eos_id: int,
+        pad_id: int,
+        max_len: int,
+        beam_size: int = 1,
+        alpha: float = 0.0,
+        use_cache: bool = True,
+    ) -> tuple[Tensor, Tensor]:
+        """Decode every source: greedy when beam_size == 1, else batched beam search.
+
+        Returns tokens (B, L) long, the best sequence per source without <sos>, including <eos>
+        when it was produced, padded with pad_id, L <= max_len; and scores (B,): total
+        log-probability divided by GNMT's length penalty ((5 + n) / 6) ** alpha, where n counts
+        the generated tokens including <eos> (alpha = 0: plain log-probability).
+        See transformer_components.generation for the details. Call .eval() first, or
+        dropout stays active while decoding.
+        """
+        if max_len < 1 or beam_size < 1:
+            raise ValueError(f"generate needs max_len >= 1 and beam_size >= 1, got {max_len} and {beam_size}")
+        memory = self.encode(src)  # (B, S, C)
+        if beam_size == 1:
+            return greedy_search(self.decoder, memory, sos_id, eos_id, pad_id, max_len, alpha, use_cache=use_cache)
+        tokens, scores = beam_search(
+            self.decoder, memory, sos_id, eos_id, pad_id, max_len, beam_size, alpha, use_cache=use_cache
+        )
+        return tokens[:, 0], scores[:, 0]  # the best hypothesis of each source
