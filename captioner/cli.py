@@ -34,6 +34,8 @@ def resolve_run_config(args: argparse.Namespace, cls: type[C], kind: str) -> tup
     """The run's config and, when resuming with ``-c``, the loaded checkpoint payload."""
     if args.checkpoint:
         payload = load_checkpoint(args.checkpoint, kind=kind)
+        if not isinstance(payload.get("config"), dict):
+            raise CheckpointError(f"{args.checkpoint}: the checkpoint holds no run configuration")
         data = apply_overrides(payload["config"], args.set)
         return config_from_dict(cls, data, source=f"{args.checkpoint} (stored config)"), payload
     return load_config(cls, args.config, args.set), None

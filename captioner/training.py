@@ -63,7 +63,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but PyTorch sees no CUDA device")
+        raise ValueError("--device cuda was requested but PyTorch sees no CUDA device")
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device(name)
@@ -426,7 +426,9 @@ def restore_training_state(payload: dict, trainer: Trainer, raw_model: nn.Module
         trainer.optimizer.load_state_dict(payload["optimizer"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{source}: the optimiser state does not fit this model: {e}") from None
-    trainer.scaler.load_state_dict(payload["scaler"])
+    if payload["scaler"] and trainer.scaler.is_enabled():
+        trainer.scaler.load_state_dict(payload["scaler"])
+    # else: the run switched between fp16 and bf16/fp32; the fresh scaler starts from its defaults.
     trainer.step = payload["step"]
     set_rng_state(payload["rng"])
 

@@ -1,0 +1,210 @@
+"""Training throughput benchmark; prints one table.
+
+Sections (one function each, all returning `Row`s):
+- mae: images/s of train_encoder.py's training step (forward, backward, AdamW, through the shared
+  Trainer) on batches already on the device, of the data pipeline alone (get_coco_loader + copy to
+  the device + MAETrainTransform), and of the whole step with the data pipeline included (the real
+  loop). Ratios are against the training step alone. On CUDA, also the model-FLOPs utilisation
+  (matmul FLOPs of flops_per_image, x3 for forward + backward) against the GPU's dense bf16 peak.
+
+Inputs are synthetic uint8 images of the preset's model resolution in a temporary processed folder
+(shapes: 64 px, coco: 224 px), so no dataset is needed. Warm-up steps (and torch.compile) are
+excluded from the timings; every timed region ends with a device synchronisation.
+
+Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
+                                   [--steps 20] [--warmup 5] [--batch-size N] [--workers N]
+                                   [--peak-tflops X] [--profile]
+"""
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Run as a script from anywhere: make the repository root importable.
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_data import make_processed  # noqa: E402
+from captioner.coco_loader import get_coco_loader  # noqa: E402
+from captioner.config import EncoderRunConfig, load_config  # noqa: E402
+from captioner.image_captioner import ImageAutoEncoder, flops_per_image  # noqa: E402
+from captioner.image_transforms import MAETrainTransform  # noqa: E402
+from captioner.training import (  # noqa: E402
+    Trainer,
+    make_grad_scaler,
+    make_optimizer,
+    maybe_compile,
+    param_groups,
+    resolve_device,
+    resolve_precision,
+    to_device,
+)
+from train_encoder import TRAIN_STREAM, make_loss_fn, seeded_generator  # noqa: E402
+
+PRESETS = {"shapes": ROOT / "configs" / "shapes_encoder.yaml", "coco": ROOT / "configs" / "coco_encoder.yaml"}
+# Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name().
+# More specific names first: an "H100 PCIe" is not an SXM part.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+@dataclass
+class Row:
+    """One measurement: `items` images in `seconds`, compared with its section's reference time per image."""
+
+    section: str
+    name: str
+    seconds: float
+    items: int
+    reference_images_per_s: float
+    mfu: float | None = None
+
+    @property
+    def images_per_s(self) -> float:
+        return self.items / self.seconds
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Wall-clock seconds of ``fn()``, with the device's queued work finished before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def mae_section(args, device: torch.device) -> list[Row]:
+    overrides = [f"train.compile={str(args.compile).lower()}"]
+    if args.batch_size:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    cfg = load_config(EncoderRunConfig, PRESETS[args.preset], overrides)
+    precision = resolve_precision(cfg.train.precision, device)
+    B, size = cfg.data.batch_size, cfg.model.image_size
+    workers = cfg.data.num_workers if args.workers is None else args.workers
+    print(f"MAE preset {args.preset}: {size} px, batch {B}, {precision}, compile {cfg.train.compile}, "
+          f"{workers} loader workers, {args.warmup} warm-up + {args.steps} timed steps")
+
+    torch.manual_seed(0)
+    model = ImageAutoEncoder(cfg.model, cfg.mae).to(device)
+    optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
+                               (cfg.train.beta1, cfg.train.beta2), device)
+    trainer = Trainer(maybe_compile(model, cfg.train.compile), optimizer, make_grad_scaler(device, precision), device,
+                      precision, lambda step: cfg.train.lr, grad_clip=cfg.train.grad_clip, log_every=10**9,
+                      show_progress=False)
+    transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
+    generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
+    L = model.num_patches
+
+    # The training step alone: a few distinct batches already on the device, transformed once.
+    pixels = torch.randint(0, 256, (4, B, 3, size, size), dtype=torch.uint8, device=device)
+    ready = [{"images": transform(p, generator), "noise": torch.rand(B, L, generator=generator, device=device)}
+             for p in pixels]
+
+    def step_only(model_, batch):
+        return model_(batch["images"], noise=batch["noise"])[0], B
+
+    trainer.train_epoch([ready[i % 4] for i in range(args.warmup)], step_only, epoch=0)
+    step_s = timed(lambda: trainer.train_epoch([ready[i % 4] for i in range(args.steps)], step_only, epoch=1), device)
+    step_ips = args.steps * B / step_s
+    if args.profile:
+        print_profile(lambda: trainer.train_epoch([ready[i % 4] for i in range(3)], step_only, epoch=1), device)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        processed = make_processed(Path(tmp), B * args.steps, size)
+        loader = get_coco_loader(processed, ["train"], "image", B, shuffle=True, num_workers=workers, drop_last=True)
+
+        def data_only():
+            for batch in loader:
+                transform(to_device(batch, device)["images"], generator)
+
+        data_only()  # warm-up: worker start, page cache
+        data_s = timed(data_only, device)
+        loss_fn = make_loss_fn(transform, generator, L)
+        trainer.train_epoch(loader, loss_fn, epoch=2)  # warm-up of the whole loop
+        whole_s = timed(lambda: trainer.train_epoch(loader, loss_fn, epoch=3), device)
+
+    peak = peak_tflops(device, args.peak_tflops)
+    train_flops = 3 * flops_per_image(cfg.model, cfg.mae)["total"]
+
+    def mfu(seconds: float) -> float | None:
+        return None if peak is None else train_flops * args.steps * B / seconds / (peak * 1e12)
+
+    n = args.steps * B
+    rows.append(Row("mae", "training step (fwd + bwd + AdamW)", step_s, n, step_ips, mfu(step_s)))
+    rows.append(Row("mae", "data pipeline (loader + transform)", data_s, n, step_ips))
+    rows.append(Row("mae", "whole step, data included", whole_s, n, step_ips, mfu(whole_s)))
+    return rows
+
+
+def print_profile(fn, device: torch.device) -> None:
+    """The operators that take the most time over ``fn()`` (device time on CUDA, CPU time otherwise).
+
+    When the device total is far below the wall time, the step is bound by the host (kernel
+    launches, Python), not by the GPU.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        wall = timed(fn, device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=20, max_name_column_width=60))
+    print(f"profiled wall time: {wall * 1000:.1f} ms")
+
+
+def print_table(rows: list[Row], device: torch.device, peak: float | None) -> None:
+    print()
+    print(f"{'section':8} {'measurement':38} {'images/s':>10} {'x step':>7} {'MFU':>6}")
+    for r in rows:
+        mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else "   n/a"
+        print(f"{r.section:8} {r.name:38} {r.images_per_s:10.1f} {r.images_per_s / r.reference_images_per_s:7.2f} {mfu:>6}")
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    peak_text = f", MFU against {peak:.0f} TFLOP/s dense bf16" if peak else ""
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}{peak_text}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
+                        help="shapes: configs/shapes_encoder.yaml; coco: configs/coco_encoder.yaml (default shapes)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the preset's)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the operators that take the most time in 3 training steps (torch.profiler)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's dense bf16 peak for MFU when its name is not in the built-in table")
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    rows = mae_section(args, device)
+    print_table(rows, device, peak_tflops(device, args.peak_tflops))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""train_encoder.py end to end on a tiny processed folder: outputs, exact resume, failures."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train_encoder
+from captioner.coco_data import FORMAT_VERSION, SplitData, write_json, write_split_json
+from captioner.image_captioner import ImageAutoEncoder, encoder_from_mae_checkpoint
+from captioner.training import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
+
+CONFIG = str(Path(train_encoder.__file__).parent / "configs" / "shapes_encoder.yaml")
+SIZE = 16
+TINY = [  # a 16 px ViT with 16 patches: each epoch is 3 steps of 8 images
+    "model.image_size=16", "model.patch_size=4", "model.width=16", "model.depth=1", "model.heads=2",
+    "mae.decoder_width=8", "mae.decoder_depth=1", "mae.decoder_heads=2",
+    "data.batch_size=8", "train.epochs=2", "train.log_every=2", "n_reconstructions=3",
+]
+
+
+def write_split(processed, split, n, rng):
+    """A processed image split written with captioner/coco_data.py's own writers: blocks on noise."""
+    images = rng.integers(0, 60, size=(n, SIZE, SIZE, 3), dtype=np.uint8)
+    for i in range(n):
+        y, x = rng.integers(0, SIZE - 6, size=2)
+        images[i, y : y + 6, x : x + 6] = rng.integers(100, 256, size=3, dtype=np.uint8)
+    np.save(processed / f"{split}_images.npy", images)
+    ids = list(range(n))
+    data = SplitData(split, processed, ids, [f"{i:012d}.jpg" for i in ids], [[] for _ in ids])
+    write_split_json(processed / f"{split}.json", data, [[] for _ in ids], SIZE)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("processed")
+    rng = np.random.default_rng(0)
+    write_split(folder, "train", 26, rng)  # 3 full batches of 8; the last 2 images are dropped
+    write_split(folder, "val", 5, rng)
+    write_json(folder / "meta.json", {"format_version": FORMAT_VERSION})
+    return folder
+
+
+def args(processed, run_dir, *extra):
+    sets = TINY + [f"data.processed_dir={processed}", f"run_dir={run_dir}", *extra]
+    return ["--config", CONFIG, "--device", "cpu", "--no-progress"] + [a for s in sets for a in ("--set", s)]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(processed, tmp_path_factory):
+    """One uninterrupted 2-epoch run shared by the tests that only read its outputs."""
+    run_dir = tmp_path_factory.mktemp("run")
+    history = train_encoder.main(args(processed, run_dir))
+    return run_dir, history
+
+
+def test_run_writes_checkpoints_pictures_and_log(two_epochs):
+    run_dir, history = two_epochs
+    assert [h["epoch"] for h in history] == [1, 2] and [h["step"] for h in history] == [3, 6]
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    payload = torch.load(run_dir / "checkpoint2.pt", weights_only=True)  # plain tensors and data only
+    assert payload["kind"] == "mae" and payload["epoch"] == 2 and payload["step"] == 6
+    assert payload["config"]["model"]["width"] == 16 and payload["history"] == history
+    assert set(payload) >= {"model", "optimizer", "scaler", "rng", "config", "history"}
+    for epoch in (1, 2):
+        with Image.open(run_dir / f"reconstruction{epoch}.png") as im:
+            assert im.format == "PNG" and im.size[1] > 3 * SIZE  # three validation images, one per row
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    steps = [line for line in lines if "loss" in line]
+    assert [line["step"] for line in steps] == [2, 5]  # every log_every=2 steps of each 3-step epoch
+    assert all({"lr", "items_per_s"} <= set(line) for line in steps)
+    assert [line["val_loss"] for line in lines if "val_loss" in line] == [h["val_loss"] for h in history]
+    assert not list(run_dir.glob(".*tmp*"))  # atomic writes leave no temporary files
+
+
+def test_checkpoint_gives_the_pretrained_encoder(two_epochs):
+    run_dir, _ = two_epochs
+    payload = load_checkpoint(run_dir / "checkpoint2.pt", kind="mae")
+    encoder = encoder_from_mae_checkpoint(payload, run_dir / "checkpoint2.pt")
+    state = {k.removeprefix("encoder."): v for k, v in payload["model"].items() if k.startswith("encoder.")}
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in state.items())
+    assert encoder(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 16, 16)
+
+
+def test_resume_continues_exactly(processed, two_epochs, tmp_path):
+    run_dir, history = two_epochs
+    torch.manual_seed(1234)  # a different global RNG state: the checkpoint must restore it
+    resumed = train_encoder.main(["-c", str(run_dir / "checkpoint1.pt"), "--device", "cpu", "--no-progress",
+                                  "--set", f"run_dir={tmp_path}"])
+    assert [h["epoch"] for h in resumed] == [1, 2]
+    assert resumed[0] == history[0]  # carried over from the checkpoint
+    assert resumed[1]["train_loss"] == history[1]["train_loss"]  # bit-identical, not just close
+    assert resumed[1]["val_loss"] == history[1]["val_loss"]
+    straight = torch.load(run_dir / "checkpoint2.pt", weights_only=True)
+    again = torch.load(tmp_path / "checkpoint2.pt", weights_only=True)
+    assert again["step"] == straight["step"]
+    for name, tensor in straight["model"].items():
+        assert torch.equal(again["model"][name], tensor), name
+    exp_avg = [s["exp_avg"] for s in straight["optimizer"]["state"].values()]
+    assert all(torch.equal(a["exp_avg"], b) for a, b in zip(again["optimizer"]["state"].values(), exp_avg))
+
+
+def test_an_unknown_or_corrupt_checkpoint_is_a_clear_error(processed, two_epochs, tmp_path):
+    run_dir, _ = two_epochs
+    truncated = tmp_path / "checkpoint1.pt"
+    truncated.write_bytes((run_dir / "checkpoint1.pt").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="checkpoint1.pt: not a readable checkpoint"):
+        train_encoder.main(["-c", str(truncated), "--device", "cpu"])
+    wrong_kind = save_checkpoint(tmp_path / "other.pt", {"kind": "captioner", "config": {}})
+    with pytest.raises(CheckpointError, match="'captioner' checkpoint, but a 'mae' checkpoint"):
+        train_encoder.main(["-c", str(wrong_kind), "--device", "cpu"])
+    with pytest.raises(CheckpointError, match="checkpoint1.pt: the weights do not fit"):
+        train_encoder.main(["-c", str(run_dir / "checkpoint1.pt"), "--device", "cpu", "--no-progress",
+                            "--set", "model.width=32", "--set", f"run_dir={tmp_path}"])
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(processed, two_epochs, tmp_path, monkeypatch):
+    run_dir, _ = two_epochs
+    good = tmp_path / "checkpoint1.pt"
+    good.write_bytes((run_dir / "checkpoint1.pt").read_bytes())
+    before = good.read_bytes()
+    real_forward = ImageAutoEncoder.forward
+    calls = []
+
+    def poisoned(self, *a, **k):  # the second training step of the resumed epoch (step 4) goes NaN
+        loss, pred, mask = real_forward(self, *a, **k)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 2 else loss), pred, mask
+
+    monkeypatch.setattr(ImageAutoEncoder, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 4") as info:
+        train_encoder.main(["-c", str(good), "--device", "cpu", "--no-progress", "--set", f"run_dir={tmp_path}"])
+    assert info.value.step == 4
+    assert good.read_bytes() == before
+    assert not (tmp_path / "checkpoint2.pt").exists()
+
+
+def test_script_errors_exit_cleanly(capsys, tmp_path):
+    with pytest.raises(SystemExit) as info:
+        train_encoder.run_script(train_encoder.main, ["-c", str(tmp_path / "missing.pt")])
+    assert info.value.code == 2
+    assert "missing.pt: no such checkpoint file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        train_encoder.run_script(train_encoder.main, ["--config", CONFIG, "--set", "train.epochs=many", "--set", f"run_dir={tmp_path}"])
+    assert info.value.code == 2
+    assert "train.epochs: expected an integer" in capsys.readouterr().err
+
+
+def test_help_describes_the_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        train_encoder.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--config", "--set", "--device", "--checkpoint", "configs/shapes_encoder.yaml", "masked autoencoder"):
+        assert option in out
