@@ -33,7 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from captioner.image_io import BadImageError, atomic_write_bytes, load_image_rgb, resize_and_center_crop
+from captioner.fileio import atomic_write_bytes
+from captioner.image_io import BadImageError, load_image_rgb, resize_and_center_crop
 
 FORMAT_VERSION = 1
 

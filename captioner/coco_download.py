@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
-from captioner.image_io import atomic_write_bytes
+from captioner.fileio import atomic_write_bytes
 
 
 class RemoteFile(NamedTuple):

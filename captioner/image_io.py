@@ -132,24 +132,3 @@ def resize_and_center_crop(img: Image.Image, size: int) -> np.ndarray:
     left, top = (width - side) / 2, (height - side) / 2
     square = img.resize((size, size), Image.BICUBIC, box=(left, top, left + side, top + side))
     return np.asarray(square, dtype=np.uint8).copy()  # (size, size, 3)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = True) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
-
-    A reader, or a rerun after an interruption, sees either no file or the complete one, never a
-    partial file under the final name. ``fsync=True`` also makes the content durable before the
-    rename (worth it for a few large files, not for thousands of small ones).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

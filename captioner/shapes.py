@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioner.image_io import atomic_write_bytes
+from captioner.fileio import atomic_write_bytes
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star")
 COLOURS = {

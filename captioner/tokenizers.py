@@ -35,7 +35,7 @@ from operator import index
 from pathlib import Path
 
 from captioner import bpe, wordpiece
-from captioner.image_io import atomic_write_bytes
+from captioner.fileio import atomic_write_bytes
 
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ["<pad>", "<sos>", "<eos>", "<unk>"]

@@ -21,9 +21,9 @@ uninterrupted run would have done.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from captioner.fileio import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
 
@@ -330,27 +332,15 @@ def _as_tuples(x: Any) -> Any:
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write ``payload`` atomically: a temporary file in the same folder, fsync, then ``os.replace``.
+    """Write ``payload`` atomically (temporary file, fsync, ``os.replace``; see :func:`atomic_write_bytes`).
 
     A crash mid-write leaves the previous checkpoint (if any) intact and no file that looks finished.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
+    return atomic_write_bytes(path, buffer.getbuffer())
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageFile
 
 from captioner import image_io
-from captioner.image_io import BadImageError, atomic_write_bytes, load_image_rgb, resize_and_center_crop
+from captioner.fileio import atomic_write_bytes
+from captioner.image_io import BadImageError, load_image_rgb, resize_and_center_crop
 
 
 def save(image, path, **kwargs):
