@@ -1,0 +1,147 @@
+"""code_snippets.ipynb: valid nbformat 4 without outputs, examples numbered 1..10, and every code cell
+runs top to bottom on a tiny shapes dataset (without matplotlib or IPython, as in CI).
+
+The notebook is read with the json module and its code cells are executed in one namespace, the way
+Jupyter would run them, so no nbformat/nbconvert/jupyter is needed.
+"""
+
+import contextlib
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import process_coco
+from captioner.captioning import KIND, build_captioner, checkpoint_extras
+from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ViTConfig, config_to_dict
+from captioner.training import save_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "code_snippets.ipynb"
+N_EXAMPLES = 10
+HEADING = re.compile(r"## (\d+)\. \S")
+# What the Pillow fallback of the notebook's show() writes, one picture per illustrated example.
+FIGURE_NAMES = ("example3_image", "example6_augmented", "example7_masking")
+
+
+def read_notebook() -> dict:
+    return json.loads(NOTEBOOK.read_text(encoding="utf-8"))
+
+
+def cell_text(cell: dict) -> str:
+    return "".join(cell["source"])
+
+
+def examples(cells: list[dict]) -> dict[int, list[int]]:
+    """Example number -> indices of its code cells (those after its heading, up to the next one)."""
+    found, current = {}, None
+    for i, cell in enumerate(cells):
+        match = HEADING.match(cell_text(cell)) if cell["cell_type"] == "markdown" else None
+        if match:
+            current = int(match.group(1))
+            found[current] = []
+        elif cell["cell_type"] == "code" and current is not None:
+            found[current].append(i)
+    return found
+
+
+def run_cells(cells: list[dict], indices: list[int], namespace: dict) -> None:
+    """exec each code cell in ``namespace``; a cell that raises fails the test with its number and source."""
+    for i in indices:
+        source = cell_text(cells[i])
+        try:
+            exec(compile(source, f"<code_snippets.ipynb cell {i}>", "exec"), namespace)
+        except Exception as e:
+            pytest.fail(f"notebook cell {i} raised {type(e).__name__}: {e}\n--- source of cell {i} ---\n{source}",
+                        pytrace=False)
+
+
+def test_notebook_is_nbformat_4_without_outputs():
+    notebook = read_notebook()
+    assert notebook["nbformat"] == 4 and notebook["nbformat_minor"] >= 5  # 4.5: cells carry ids
+    assert notebook["metadata"]["kernelspec"]["language"] == "python"
+    ids = [cell["id"] for cell in notebook["cells"]]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in ids)
+    for cell in notebook["cells"]:
+        assert cell["cell_type"] in ("markdown", "code")
+        assert isinstance(cell["metadata"], dict)
+        source = cell["source"]
+        assert isinstance(source, list) and source and all(isinstance(line, str) for line in source)
+        assert all(line.endswith("\n") for line in source[:-1]) and not source[-1].endswith("\n")
+        if cell["cell_type"] == "code":
+            assert cell["execution_count"] is None and cell["outputs"] == []
+            assert not any(line.lstrip().startswith(("%", "!")) for line in source), "no IPython magics"
+        else:
+            assert set(cell) == {"cell_type", "id", "metadata", "source"}
+
+
+def test_examples_are_numbered_in_order_and_each_has_code():
+    cells = read_notebook()["cells"]
+    headings = [int(m.group(1)) for cell in cells if cell["cell_type"] == "markdown"
+                for m in [HEADING.match(cell_text(cell))] if m]
+    assert headings == list(range(1, N_EXAMPLES + 1))
+    assert all(examples(cells)[n] for n in headings)
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    """Run every code cell of the notebook on a tiny processed shapes set, as CI would: no
+    matplotlib, no IPython, no trained checkpoint. Returns (cells, namespace, printed text, root)."""
+    root = tmp_path_factory.mktemp("notebook")
+    process_coco.main(["--data-dir", str(root / "data"), "--n-train", "20", "--n-val", "6", "--n-test", "2",
+                       "--vocab-size", "150", "--workers", "1", "--no-progress"])
+    cells = read_notebook()["cells"]
+    namespace = {"__name__": "__main__"}
+    printed = io.StringIO()
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setenv("CAPTIONER_DATA", str(root / "data"))
+        mp.setenv("CAPTIONER_FIGURES", str(root / "figures"))
+        mp.setenv("CAPTIONER_CHECKPOINT", str(root / "no_such_checkpoint.pt"))
+        mp.chdir(REPO)  # the configs/ paths are relative to the repository root, where Jupyter starts
+        mp.setitem(sys.modules, "matplotlib", None)  # an import of either now raises ImportError
+        mp.setitem(sys.modules, "IPython", None)
+        torch.set_num_threads(1)  # tiny models: faster on one thread when other processes share the cores
+        try:
+            run_cells(cells, [i for i, c in enumerate(cells) if c["cell_type"] == "code"], namespace)
+        finally:
+            torch.set_num_threads(threads)
+    return cells, namespace, printed.getvalue(), root
+
+
+def test_every_code_cell_runs_and_saves_its_pictures(executed):
+    _, namespace, printed, root = executed
+    for name in FIGURE_NAMES:
+        path = root / "figures" / f"{name}.png"
+        assert f"saved {path}" in printed
+        with Image.open(path) as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 64
+    assert "no checkpoint at" in printed and namespace["model"] is namespace["captioner"]
+    assert len(printed.splitlines()) < 200, "the notebook's cells print too much"
+
+
+def test_example_9_uses_a_checkpoint_when_there_is_one(executed, tmp_path):
+    """The trained-checkpoint branch of example 9, with a tiny random-weight captioner checkpoint
+    in train_captioner.py's format (it carries its own architecture and tokenizer)."""
+    cells, namespace, _, root = executed
+    tokenizer_text = (root / "data" / "processed" / "tokenizer.txt").read_text(encoding="utf-8")
+    vocab_size = namespace["tokenizer"].vocab_size
+    vit = ViTConfig(image_size=32, patch_size=8, width=16, depth=1, heads=2)
+    decoder = CaptionDecoderConfig(width=16, depth=1, heads=2, dropout=0.0)
+    cfg = CaptionerRunConfig(decoder=decoder)
+    model = build_captioner(vit, decoder, vocab_size, max_len=10)
+    payload = {"kind": KIND, "epoch": 1, "config": config_to_dict(cfg), "model": model.state_dict(),
+               **checkpoint_extras(vit, vocab_size, 10, tokenizer_text, None)}
+    namespace = dict(namespace, CHECKPOINT=save_checkpoint(tmp_path / "checkpoint1.pt", payload))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        run_cells(cells, examples(cells)[9], namespace)
+    assert f"trained weights from {tmp_path / 'checkpoint1.pt'}" in printed.getvalue()
+    assert namespace["model"].encoder.config == vit  # the checkpoint's own 32 px ViT
+    assert namespace["beams"].shape[:2] == (1, namespace["K"])
+    assert namespace["beams"].shape[2] <= 9  # max_len - 1 generated tokens
