@@ -1,11 +1,18 @@
-"""Benchmark of the evaluation step: metric speed on a COCO-sized split.
+"""Benchmark of the evaluation step: metric speed on a COCO-sized split, and beam-search speed.
 
-    python bench/bench_metrics.py
+    python bench/bench_metrics.py [--device auto|cpu|cuda] [--checkpoint CKPT] [--threads N]
 
 Prints one table. Each row is a figure of ours beside a reference measured in the same run, and
 their ratio; each section of the table is one function returning rows.
+
+Beam search: captions per second over the shapes val split with the shapes captioner preset's
+architecture (configs/shapes_captioner.yaml + the ViT of configs/shapes_encoder.yaml), random
+weights, or a trained checkpoint's model with ``--checkpoint``; beam 1, 3 and 6 with the KV cache
+against beam 6 recomputing the whole prefix each step. A random model rarely emits <eos>, so its
+captions run to max_len: the slowest case (the note gives the mean caption length).
 """
 
+import argparse
 import itertools
 import os
 import platform
@@ -20,10 +27,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from captioner.metrics import bleu, cider_d  # noqa: E402  (needs the path above)
+from captioner.captioning import build_captioner, load_captioner  # noqa: E402  (needs the path above)
+from captioner.coco_loader import get_coco_loader  # noqa: E402
+from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_from_dict, load_config  # noqa: E402
+from captioner.image_transforms import EvalTransform  # noqa: E402
+from captioner.metrics import bleu, cider_d  # noqa: E402
+from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID, load_tokenizer  # noqa: E402
+from captioner.training import autocast, resolve_device, resolve_precision  # noqa: E402
 
 N_IMAGES, N_REFS, REPEATS = 5000, 5, 3
 TARGET_SECONDS = {"BLEU-1..4": 1.0, "CIDEr-D": 2.0}  # issue 6
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONER_PRESET = ROOT / "configs" / "shapes_captioner.yaml"
+BEAMS = (1, 3, 6)
 
 
 def synthetic_corpus(n_images: int, n_refs: int, seed: int = 0) -> tuple[dict, dict]:
@@ -118,14 +134,90 @@ def metric_rows() -> list[tuple[str, ...]]:
     return rows
 
 
-def main() -> None:
+def shapes_captioner(checkpoint: str | None,
+                     device: torch.device) -> tuple[torch.nn.Module, CaptionerRunConfig, str]:
+    """``(model in eval mode, its run config, where it came from)``: the checkpoint's model, or the
+    shapes preset's architecture with random weights (seed 0)."""
+    if checkpoint:
+        model, _, payload = load_captioner(checkpoint, device)
+        return model, config_from_dict(CaptionerRunConfig, payload["config"], source=checkpoint), checkpoint
+    cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESET)
+    vit = load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model
+    vocab_size = load_tokenizer(ROOT / cfg.data.processed_dir / "tokenizer.txt").vocab_size
+    torch.manual_seed(0)
+    model = build_captioner(vit, cfg.decoder, vocab_size, max(cfg.data.max_caption_len, cfg.eval.max_len))
+    return model.to(device).eval(), cfg, f"{CAPTIONER_PRESET.name} architecture, random weights"
+
+
+def decode_split(model, loader, device: torch.device, precision: str, beam: int, alpha: float, max_len: int,
+                 use_cache: bool, limit: int) -> tuple[int, int]:
+    """Beam-search the first ``limit`` images of ``loader`` batch by batch, as evaluate.py does;
+    returns (images, generated tokens, <eos> included)."""
+    transform = EvalTransform(model.encoder.config.image_size)
+    n_images = n_tokens = 0
+    for batch in loader:
+        x = transform(batch["images"][: limit - n_images].to(device))  # (B, 3, H, W) float
+        with autocast(device, precision):
+            tokens, _ = model.generate(x, SOS_ID, EOS_ID, PAD_ID, max_len, beam_size=beam, alpha=alpha,
+                                       use_cache=use_cache)  # (B, L)
+        n_images += len(x)
+        n_tokens += int((tokens != PAD_ID).sum())
+        if n_images >= limit:
+            break
+    if device.type == "cuda":
+        torch.cuda.synchronize()  # the clock stops when the GPU is done
+    return n_images, n_tokens
+
+
+def beam_rows(device_name: str = "auto", checkpoint: str | None = None, n_images: int | None = None,
+              repeats: int = 2) -> list[tuple[str, ...]]:
+    """Captions/s of batched beam search over the val split: beam 1, 3, 6 with the KV cache, and beam 6
+    without it as the reference (one run; the cached ones best of ``repeats``)."""
+    device = resolve_device(device_name)
+    precision = resolve_precision("auto", device)
+    model, cfg, source = shapes_captioner(checkpoint, device)
+    processed = ROOT / cfg.data.processed_dir  # an absolute processed_dir stays as it is
+    loader = get_coco_loader(processed, "val", "image_captions", cfg.data.batch_size, shuffle=False)
+    limit = min(n_images or len(loader.dataset), len(loader.dataset))
+    alpha, max_len = cfg.eval.alpha, cfg.eval.max_len
+
+    def run(beam: int, use_cache: bool, images: int = limit):
+        return decode_split(model, loader, device, precision, beam, alpha, max_len, use_cache, images)
+
+    run(6, True, images=cfg.data.batch_size)  # warm-up: allocator, kernels, caches
+    ref_seconds, _, (_, ref_tokens) = best_time(lambda: run(6, False), repeats=1)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
+    setting = f"{precision} on {where}, {cfg.data.batch_size} images a batch, max_len {max_len}"
+    rows = []
+    for beam in BEAMS:
+        seconds, cpu_seconds, (n, tokens) = best_time(lambda: run(beam, True), repeats=repeats)
+        rows.append((f"beam {beam}, KV cache, {n} val images", f"{n / seconds:.1f} captions/s ({seconds:.2f} s, "
+                     f"CPU {cpu_seconds:.2f} s)", "beam 6, no cache", f"{ref_seconds:.2f} s",
+                     f"{ref_seconds / seconds:.1f}x", f"{tokens / n:.1f} tokens a caption; {setting}"))
+    rows.append((f"beam 6, no cache, {limit} val images", f"{limit / ref_seconds:.1f} captions/s", "(the reference)",
+                 f"{ref_seconds:.2f} s", "1.0x", f"{ref_tokens / limit:.1f} tokens a caption; model: {source}"))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Speed of BLEU / CIDEr-D and of beam-search captioning.")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda, for beam search (default: auto)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a captioner checkpoint to decode with (default: the shapes preset, random weights)")
+    parser.add_argument("--images", type=int, default=None, help="val images to caption (default: all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of PyTorch (default: PyTorch's choice); 1 is steadier on a busy, shared CPU")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, "
           f"load average {load:.2f} at start; Python {platform.python_version()}, "
           f"torch {torch.__version__}, numpy {np.__version__}")
-    print(f"times: best of {REPEATS} wall-clock runs; ratio = reference time / our time")
+    print(f"times: metrics best of {REPEATS} wall-clock runs, cached beam search best of 2, uncached one run; "
+          "ratio = reference time / our time")
     header = ("what", "ours", "reference", "reference time", "ratio", "note")
-    rows = [header, *metric_rows()]
+    rows = [header, *metric_rows(), *beam_rows(args.device, args.checkpoint, args.images)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -6,14 +6,21 @@ Sections (one function each, all returning `Row`s):
   the device + MAETrainTransform), and of the whole step with the data pipeline included (the real
   loop). Ratios are against the training step alone. On CUDA, also the model-FLOPs utilisation
   (matmul FLOPs of flops_per_image, x3 for forward + backward) against the GPU's dense bf16 peak.
+- captioner: captions/s of train_captioner.py's training step (teacher forcing, each image encoded
+  once for its 5 captions, backward, AdamW, through the shared Trainer) with the encoder frozen
+  (the first epochs from an MAE encoder) and unfrozen (every layer training, as at the end of
+  layer-wise unfreezing or from scratch). Ratios are against the frozen step. On CUDA, also the MFU,
+  from the FLOPs of one training step as counted by torch.utils.flop_counter (forward + backward of
+  what actually runs: a frozen encoder costs its forward pass only).
 
 Inputs are synthetic uint8 images of the preset's model resolution in a temporary processed folder
-(shapes: 64 px, coco: 224 px), so no dataset is needed. Warm-up steps (and torch.compile) are
+(shapes: 64 px, coco: 224 px) and, for the captioner, random captions of a typical length and
+vocabulary size (CAPTION_SHAPES), so no dataset is needed. Warm-up steps (and torch.compile) are
 excluded from the timings; every timed region ends with a device synchronisation.
 
 Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
                                    [--steps 20] [--warmup 5] [--batch-size N] [--workers N]
-                                   [--peak-tflops X] [--profile]
+                                   [--peak-tflops X] [--profile] [--sections mae,captioner]
 """
 
 import argparse
@@ -26,16 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 # Run as a script from anywhere: make the repository root importable.
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_data import make_processed  # noqa: E402
+from captioner.captioning import build_captioner  # noqa: E402
 from captioner.coco_loader import get_coco_loader  # noqa: E402
-from captioner.config import EncoderRunConfig, load_config  # noqa: E402
+from captioner.config import CaptionerRunConfig, EncoderRunConfig, UnfreezeConfig, load_config  # noqa: E402
 from captioner.image_captioner import ImageAutoEncoder, flops_per_image  # noqa: E402
-from captioner.image_transforms import MAETrainTransform  # noqa: E402
+from captioner.image_transforms import EvalTransform, MAETrainTransform  # noqa: E402
+from captioner.tokenizers import EOS_ID, SOS_ID  # noqa: E402
 from captioner.training import (  # noqa: E402
     Trainer,
     make_grad_scaler,
@@ -46,9 +56,18 @@ from captioner.training import (  # noqa: E402
     resolve_precision,
     to_device,
 )
+from captioner.unfreeze import apply_unfreeze, unfreeze_param_groups  # noqa: E402
+from train_captioner import make_loss_fn as make_caption_loss_fn  # noqa: E402
 from train_encoder import TRAIN_STREAM, make_loss_fn, seeded_generator  # noqa: E402
 
 PRESETS = {"shapes": ROOT / "configs" / "shapes_encoder.yaml", "coco": ROOT / "configs" / "coco_encoder.yaml"}
+CAPTIONER_PRESETS = {"shapes": ROOT / "configs" / "shapes_captioner.yaml",
+                     "coco": ROOT / "configs" / "coco_captioner.yaml"}
+# Synthetic captions per preset: (tokens per caption incl. <sos>/<eos>, vocabulary size). Shapes: its
+# captions average 9 BPE tokens and its tokenizer stops at ~200 tokens; COCO: ~12 words per caption
+# and process_coco.py's default --vocab-size 5000.
+CAPTION_SHAPES = {"shapes": (11, 200), "coco": (16, 5000)}
+CAPTIONS_PER_IMAGE = 5  # the captioner's batches hold every caption of each image (group_by_image)
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s, by a substring of torch.cuda.get_device_name().
 # More specific names first: an "H100 PCIe" is not an SXM part.
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -64,6 +83,7 @@ class Row:
     items: int
     reference_images_per_s: float
     mfu: float | None = None
+    unit: str = "images"  # what `items` counts
 
     @property
     def images_per_s(self) -> float:
@@ -157,6 +177,57 @@ def mae_section(args, device: torch.device) -> list[Row]:
     return rows
 
 
+def captioner_section(args, device: torch.device) -> list[Row]:
+    overrides = [f"train.compile={str(args.compile).lower()}"]
+    if args.batch_size:
+        overrides.append(f"data.batch_size={args.batch_size}")
+    cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset], overrides)
+    vit = load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model
+    precision = resolve_precision(cfg.train.precision, device)
+    T, V = CAPTION_SHAPES[args.preset]
+    U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
+    B = U * CAPTIONS_PER_IMAGE  # captions per step
+    print(f"captioner preset {args.preset}: {vit.image_size} px, {B} captions of {T} tokens from {U} images per step, "
+          f"vocabulary {V}, {precision}, compile {cfg.train.compile}, {args.warmup} warm-up + {args.steps} timed steps")
+
+    torch.manual_seed(0)
+    model = build_captioner(vit, cfg.decoder, V, max(T, cfg.data.max_caption_len)).to(device)
+    optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
+                               (cfg.train.beta1, cfg.train.beta2), device)
+    trainer = Trainer(maybe_compile(model, cfg.train.compile), optimizer, make_grad_scaler(device, precision), device,
+                      precision, lambda step: cfg.train.lr, grad_clip=cfg.train.grad_clip, log_every=10**9,
+                      show_progress=False)
+    loss_fn = make_caption_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
+
+    def make_batch() -> dict:
+        tokens = torch.randint(EOS_ID + 2, V, (B, T), device=device)  # (B, T) no special ids inside
+        tokens[:, 0], tokens[:, -1] = SOS_ID, EOS_ID
+        return {"images": torch.randint(0, 256, (U, 3, vit.image_size, vit.image_size), dtype=torch.uint8, device=device),
+                "tokens": tokens,
+                "image_index": torch.arange(U, device=device).repeat_interleave(CAPTIONS_PER_IMAGE)}  # (B,)
+
+    batches = [make_batch() for _ in range(4)]
+    peak = peak_tflops(device, args.peak_tflops)
+    rows = []
+    # epoch 0 of a schedule starting at epoch 1: the whole encoder frozen; None: everything trains
+    for name, unfreeze in (("encoder frozen", UnfreezeConfig(start_epoch=1)), ("encoder unfrozen", None)):
+        apply_unfreeze(model, optimizer, 0, unfreeze)
+        with FlopCounterMode(display=False) as counter:  # one forward + backward of the uncompiled model
+            loss_fn(model, batches[0])[0].backward()
+        optimizer.zero_grad(set_to_none=True)
+        step_flops = counter.get_total_flops()
+        trainer.train_epoch([batches[i % 4] for i in range(args.warmup)], loss_fn, epoch=0)
+        seconds = timed(lambda: trainer.train_epoch([batches[i % 4] for i in range(args.steps)], loss_fn, epoch=1),
+                        device)
+        mfu = None if peak is None else step_flops * args.steps / seconds / (peak * 1e12)
+        reference = rows[0].images_per_s if rows else args.steps * B / seconds
+        rows.append(Row("captioner", f"training step, {name}", seconds, args.steps * B, reference, mfu, "captions"))
+    return rows
+
+
+SECTIONS = {"mae": mae_section, "captioner": captioner_section}
+
+
 def print_profile(fn, device: torch.device) -> None:
     """The operators that take the most time over ``fn()`` (device time on CUDA, CPU time otherwise).
 
@@ -175,10 +246,11 @@ def print_profile(fn, device: torch.device) -> None:
 
 def print_table(rows: list[Row], device: torch.device, peak: float | None) -> None:
     print()
-    print(f"{'section':8} {'measurement':38} {'images/s':>10} {'x step':>7} {'MFU':>6}")
+    print(f"{'section':9} {'measurement':38} {'per s':>10} {'unit':8} {'x ref':>7} {'MFU':>6}")
     for r in rows:
         mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else "   n/a"
-        print(f"{r.section:8} {r.name:38} {r.images_per_s:10.1f} {r.images_per_s / r.reference_images_per_s:7.2f} {mfu:>6}")
+        print(f"{r.section:9} {r.name:38} {r.images_per_s:10.1f} {r.unit:8} "
+              f"{r.images_per_s / r.reference_images_per_s:7.2f} {mfu:>6}")
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     peak_text = f", MFU against {peak:.0f} TFLOP/s dense bf16" if peak else ""
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -189,20 +261,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
-                        help="shapes: configs/shapes_encoder.yaml; coco: configs/coco_encoder.yaml (default shapes)")
+                        help="shapes: configs/shapes_{encoder,captioner}.yaml; coco: configs/coco_{encoder,captioner}.yaml "
+                             "(default shapes)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the preset's batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the preset's batch size (images for MAE, captions for the captioner)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the preset's)")
     parser.add_argument("--profile", action="store_true",
                         help="also print the operators that take the most time in 3 training steps (torch.profiler)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak for MFU when its name is not in the built-in table")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
     args = parser.parse_args()
+    unknown = set(args.sections.split(",")) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     device = resolve_device(args.device)
-    rows = mae_section(args, device)
+    rows = [row for name, section in SECTIONS.items() if name in args.sections.split(",") for row in section(args, device)]
     print_table(rows, device, peak_tflops(device, args.peak_tflops))
 
 

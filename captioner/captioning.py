@@ -1,0 +1,158 @@
+"""The captioner as a whole: build it, train it with teacher forcing, reload it, caption a split.
+
+The captioner is a :class:`~transformer_components.TransformerEncoderDecoder` of the ViT
+(:class:`~captioner.image_captioner.ImageEncoder`) and a
+:class:`~captioner.caption_decoder.CaptionDecoder` reading the ViT's patch features through
+cross-attention, so greedy decoding and beam search work on it unchanged.
+
+Teacher forcing: the decoder reads the caption shifted right and predicts it shifted left, every
+position at once::
+
+    tokens   <sos> a  red circle <eos> <pad>
+    input    <sos> a  red circle <eos>           tokens[:, :-1]
+    target   a     red circle <eos> <pad>        tokens[:, 1:]
+
+and :func:`caption_loss` averages the cross-entropy over the real (non-pad) targets only.
+
+A captioner checkpoint is self-contained: besides the training state it stores the ViT architecture
+(``"vit"``), the vocabulary size, the decoder's ``max_len`` and the tokenizer file's text, so
+:func:`load_captioner` rebuilds model and tokenizer from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from captioner.caption_decoder import CaptionDecoder
+from captioner.config import (CaptionDecoderConfig, CaptionerRunConfig, ConfigError, ViTConfig, config_from_dict,
+                              config_to_dict)
+from captioner.image_captioner import ImageEncoder
+from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID, load_tokenizer
+from captioner.training import CheckpointError, autocast, load_checkpoint, load_state_dict_checked
+from transformer_components import TransformerEncoderDecoder
+
+KIND = "captioner"  # the checkpoint kind of train_captioner.py
+
+
+def build_captioner(vit: ViTConfig, decoder: CaptionDecoderConfig, vocab_size: int,
+                    max_len: int) -> TransformerEncoderDecoder:
+    """ImageEncoder(vit) + CaptionDecoder; ``max_len`` = the most token positions ever decoded.
+
+    The decoder may be narrower or wider than the ViT: its cross-attention projects the ViT's
+    ``vit.width`` features to its own width.
+    """
+    encoder = ImageEncoder(vit)
+    caption_decoder = CaptionDecoder(
+        vocab_size, decoder.width, decoder.depth, decoder.heads, int(decoder.width * decoder.mlp_ratio), max_len,
+        dropout=decoder.dropout, pad_id=PAD_ID, memory_dim=vit.width,
+    )
+    return TransformerEncoderDecoder(encoder, caption_decoder)
+
+
+def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy with label smoothing, averaged over the non-pad targets.
+
+    logits (B, T, V), targets (B, T) long with PAD_ID where there is no token. A pad target adds
+    nothing to the sum and is not counted in the mean (``ignore_index``; PyTorch also leaves it
+    out of the smoothing term).
+    """
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=PAD_ID,
+                           label_smoothing=label_smoothing)
+
+
+def teacher_forcing_loss(model: TransformerEncoderDecoder, images: Tensor, tokens: Tensor, image_index: Tensor,
+                         label_smoothing: float = 0.0) -> Tensor:
+    """The training loss of a batch: images (U, 3, H, W) normalised, each encoded once; tokens (B, T)
+    ``<sos> ... <eos> <pad>...``; image_index (B,) the row of ``images`` each caption describes."""
+    logits = model(images, tokens[:, :-1], src_index=image_index)  # (B, T-1, V)
+    return caption_loss(logits, tokens[:, 1:], label_smoothing)
+
+
+def checkpoint_extras(vit: ViTConfig, vocab_size: int, max_len: int, tokenizer_text: str,
+                      pretrained: str | None) -> dict:
+    """What a captioner checkpoint stores besides the training state (see the module docstring);
+    ``pretrained`` is the MAE checkpoint the run started from (None: from scratch)."""
+    return {"vit": config_to_dict(vit), "vocab_size": vocab_size, "max_len": max_len,
+            "tokenizer": tokenizer_text, "pretrained": pretrained}
+
+
+def captioner_from_payload(payload: dict, source: str | Path,
+                           decoder: CaptionDecoderConfig | None = None) -> TransformerEncoderDecoder:
+    """The captioner described by a checkpoint payload, with its weights (on the CPU).
+
+    ``decoder`` replaces the stored decoder settings (a resumed run's ``--set`` overrides); weights
+    that then do not fit raise CheckpointError.
+    """
+    try:
+        vit = config_from_dict(ViTConfig, payload["vit"], source=f"{source} (vit)")
+        if decoder is None:
+            decoder = config_from_dict(CaptionerRunConfig, payload["config"], source=f"{source} (config)").decoder
+        model = build_captioner(vit, decoder, payload["vocab_size"], payload["max_len"])
+    except KeyError as e:
+        raise CheckpointError(f"{source}: the captioner checkpoint lacks its {e.args[0]!r} entry") from None
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{source}: the stored architecture is invalid: {e}") from None
+    load_state_dict_checked(model, payload["model"], source)
+    return model
+
+
+def tokenizer_from_text(text: str, source: str | Path = "checkpoint"):
+    """A tokenizer from the text of its file (as stored in a captioner checkpoint)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.txt"
+        path.write_text(text, encoding="utf-8")
+        try:
+            return load_tokenizer(path)
+        except ValueError as e:
+            raise CheckpointError(f"{source}: the stored tokenizer is unreadable: {e}") from None
+
+
+def load_captioner(checkpoint_path: str | Path, device: torch.device | str = "cpu"):
+    """``(model in eval mode on device, tokenizer, payload)`` from a captioner checkpoint alone.
+
+    Raises CheckpointError naming the file for a missing, corrupt or non-captioner checkpoint.
+    """
+    payload = load_checkpoint(checkpoint_path, kind=KIND)
+    model = captioner_from_payload(payload, checkpoint_path).to(device).eval()
+    return model, tokenizer_from_text(payload.get("tokenizer", ""), checkpoint_path), payload
+
+
+@torch.no_grad()
+def caption_images(model: TransformerEncoderDecoder, loader, tokenizer, transform, device: torch.device,
+                   precision: str, beam_size: int, alpha: float, max_len: int, limit: int | None = None,
+                   progress: bool = True) -> dict[int, str]:
+    """Caption the images of an ``"image_captions"`` loader: ``{image_id: caption}``.
+
+    Each batch is decoded at once by batched beam search (greedy when ``beam_size`` is 1) over the
+    KV cache, with GNMT length normalisation ``alpha``; ``max_len`` counts generated tokens,
+    ``<eos>`` included. ``limit`` stops after that many images (None or 0: all), in loader order.
+    """
+    model.eval()
+    captions: dict[int, str] = {}
+    total = len(loader.dataset) if not limit else min(limit, len(loader.dataset))
+    with tqdm(total=total, desc="captioning", leave=False, disable=not progress) as bar:
+        for batch in loader:
+            images, image_ids = batch["images"], batch["image_ids"]
+            keep = total - len(captions)
+            images, image_ids = images[:keep], image_ids[:keep]  # (n, 3, S, S), (n,)
+            x = transform(images.to(device, non_blocking=True))  # (n, 3, H, W) float
+            with autocast(device, precision):
+                tokens, _ = model.generate(x, SOS_ID, EOS_ID, PAD_ID, max_len, beam_size=beam_size, alpha=alpha)
+            for image_id, row in zip(image_ids.tolist(), tokens.tolist()):
+                captions[image_id] = tokenizer.decode(row)
+            bar.update(len(image_ids))
+            if len(captions) >= total:
+                break
+    return captions
+
+
+def reference_captions(dataset, image_ids) -> dict[int, list[str]]:
+    """The raw reference captions of ``image_ids`` from an ``ImgFirstDataset``."""
+    row_of = {int(i): row for row, i in enumerate(dataset.image_ids)}
+    return {int(i): list(dataset.captions[row_of[int(i)]]) for i in image_ids}

@@ -1,0 +1,189 @@
+"""train_captioner.py and captioner/captioning.py on a tiny processed shapes set and tiny models."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import process_coco
+import train_captioner
+from captioner.captioning import (
+    build_captioner,
+    caption_images,
+    caption_loss,
+    load_captioner,
+    teacher_forcing_loss,
+)
+from captioner.coco_loader import get_coco_loader
+from captioner.config import CaptionDecoderConfig, EncoderRunConfig, MAEConfig, ViTConfig, config_to_dict
+from captioner.image_captioner import ImageAutoEncoder
+from captioner.image_transforms import EvalTransform
+from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID
+from captioner.training import CheckpointError, load_checkpoint, save_checkpoint
+
+VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=2, heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread, and much faster when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A processed 10 + 4 image shapes set, a tiny MAE checkpoint, an encoder YAML and a captioner YAML."""
+    root = tmp_path_factory.mktemp("captioner")
+    process_coco.main(["--data-dir", str(root / "data"), "--n-train", "10", "--n-val", "4", "--n-test", "1",
+                       "--image-size", "32", "--vocab-size", "120", "--workers", "1", "--no-progress"])
+    torch.manual_seed(0)
+    mae = ImageAutoEncoder(VIT, MAEConfig(decoder_width=16, decoder_depth=1, decoder_heads=2))
+    encoder_cfg = config_to_dict(EncoderRunConfig(model=VIT))
+    save_checkpoint(root / "mae.pt", {"kind": "mae", "epoch": 1, "config": encoder_cfg, "model": mae.state_dict()})
+    (root / "encoder.yaml").write_text(yaml.safe_dump({"model": config_to_dict(VIT)}))
+    config = {
+        "run_dir": str(root / "run"),
+        "encoder_config": str(root / "encoder.yaml"),
+        "data": {"processed_dir": str(root / "data" / "processed"), "batch_size": 10, "max_caption_len": 16},
+        "decoder": {"width": 16, "depth": 1, "heads": 2, "dropout": 0.1},
+        "unfreeze": {"start_epoch": 1, "decay": 0.5},
+        "train": {"epochs": 2, "lr": 3e-3, "warmup_epochs": 0.5, "log_every": 2, "seed": 0},
+        "eval": {"beam_size": 2, "max_len": 10, "bleu_images": 3},
+        "label_smoothing": 0.1,
+    }
+    (root / "captioner.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def run(workdir, run_name, *extra):
+    return train_captioner.main(["--config", str(workdir / "captioner.yaml"), "--set", f"run_dir={workdir / run_name}",
+                                 "--no-progress", *extra])
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(workdir):
+    """Two epochs from the MAE checkpoint: the encoder is frozen in epoch 0, its top layer trains in epoch 1."""
+    history = run(workdir, "straight", "-p", str(workdir / "mae.pt"))
+    return workdir / "straight", history
+
+
+def comparable(history):
+    """History without the wall-clock fields."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "captions_per_s")} for h in history]
+
+
+def test_exact_resume(workdir, pretrained_run):
+    run_dir, straight = pretrained_run
+    resumed = train_captioner.main(["-c", str(run_dir / "checkpoint1.pt"), "--set", f"run_dir={workdir / 'resumed'}",
+                                    "--no-progress"])
+    assert len(resumed) == 2
+    assert comparable(resumed) == comparable(straight)
+    a = load_checkpoint(run_dir / "checkpoint2.pt", kind="captioner")
+    b = load_checkpoint(workdir / "resumed" / "checkpoint2.pt", kind="captioner")
+    assert a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_pretrained_encoder_weights_are_loaded_and_unfrozen_on_schedule(workdir, pretrained_run):
+    run_dir, history = pretrained_run
+    mae = load_checkpoint(workdir / "mae.pt", kind="mae")["model"]
+    encoder = {k: v for k, v in mae.items() if k.startswith("encoder.")}
+    epoch1 = load_checkpoint(run_dir / "checkpoint1.pt", kind="captioner")["model"]
+    epoch2 = load_checkpoint(run_dir / "checkpoint2.pt", kind="captioner")["model"]
+    for name, tensor in encoder.items():
+        assert torch.equal(epoch1[name], tensor), name  # loaded, and frozen in epoch 0
+    top = "encoder.transformer.layers.1.attn.q_proj.weight"
+    assert not torch.equal(epoch2[top], encoder[top])  # the top layer trained in epoch 1
+    for name in ("encoder.transformer.layers.0.attn.q_proj.weight", "encoder.patch_embed.proj.weight"):
+        assert torch.equal(epoch2[name], encoder[name]), name  # the layers below did not
+    assert history[0]["trainable_groups"] == ["decoder"]
+    assert history[1]["trainable_groups"] == ["encoder_layer1", "decoder"]
+    assert not torch.equal(epoch1["decoder.lm_head.weight"], epoch2["decoder.lm_head.weight"])
+
+
+def test_checkpoint_is_self_contained_and_best_is_kept(workdir, pretrained_run):
+    run_dir, history = pretrained_run
+    model, tokenizer, payload = load_captioner(run_dir / "checkpoint2.pt")
+    assert payload["vit"] == config_to_dict(VIT)
+    assert payload["tokenizer"] == (workdir / "data" / "processed" / "tokenizer.txt").read_text()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, payload["model"][name]), name
+    assert tokenizer.decode(tokenizer.encode("a red circle")) == "a red circle"
+
+    loader = get_coco_loader(workdir / "data" / "processed", "val", "image_captions", 3, shuffle=False)
+    captions = caption_images(model, loader, tokenizer, EvalTransform(32), torch.device("cpu"), "fp32",
+                              beam_size=2, alpha=0.6, max_len=10, limit=4, progress=False)
+    assert list(captions) == loader.dataset.image_ids[:4].tolist()
+    assert all(isinstance(c, str) for c in captions.values())
+
+    best_epoch = max(range(len(history)), key=lambda i: (history[i]["bleu4"], -i)) + 1
+    assert load_checkpoint(run_dir / "checkpoint_best.pt", kind="captioner")["epoch"] == best_epoch
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "bleu4" in r] == [1, 2]
+
+
+def test_from_scratch_takes_the_architecture_from_the_encoder_yaml(workdir):
+    history = run(workdir, "scratch", "--set", "train.epochs=1")
+    payload = load_checkpoint(workdir / "scratch" / "checkpoint1.pt", kind="captioner")
+    assert payload["vit"] == config_to_dict(VIT)
+    assert payload["pretrained"] is None
+    assert history[0]["trainable_groups"] == ["patch_embed", "encoder_layer0", "encoder_layer1", "decoder"]
+
+
+def test_wrong_checkpoint_kinds_are_clear_errors(workdir, pretrained_run):
+    run_dir, _ = pretrained_run
+    with pytest.raises(CheckpointError, match="'captioner' checkpoint, not an MAE"):
+        run(workdir, "wrong_p", "-p", str(run_dir / "checkpoint1.pt"))
+    with pytest.raises(CheckpointError, match="'mae' checkpoint, but a 'captioner' checkpoint is needed"):
+        run(workdir, "wrong_c", "-c", str(workdir / "mae.pt"))
+    with pytest.raises(ValueError, match="not both"):
+        run(workdir, "both", "-c", str(run_dir / "checkpoint1.pt"), "-p", str(workdir / "mae.pt"))
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        run(workdir, "missing", "-p", str(workdir / "nope.pt"))
+
+
+def test_epochs_since_best():
+    assert train_captioner.epochs_since_best([]) == 0
+    assert train_captioner.epochs_since_best([{"bleu4": 0.1}, {"bleu4": 0.3}]) == 0
+    assert train_captioner.epochs_since_best([{"bleu4": 0.3}, {"bleu4": 0.3}, {"bleu4": 0.2}]) == 2
+
+
+def test_pad_targets_do_not_contribute_to_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 7)
+    targets = torch.tensor([[5, 6, EOS_ID, PAD_ID], [4, EOS_ID, PAD_ID, PAD_ID]])
+    loss = caption_loss(logits, targets, label_smoothing=0.1)
+    changed = logits.clone()
+    changed[targets == PAD_ID] = torch.randn(3, 7) * 100  # anything at pad positions
+    assert torch.equal(caption_loss(changed, targets, label_smoothing=0.1), loss)
+    real = targets != PAD_ID
+    expected = torch.nn.functional.cross_entropy(logits[real], targets[real], label_smoothing=0.1)
+    assert torch.allclose(loss, expected)  # the mean over the 5 real targets only
+
+
+def test_overfitting_a_handful_of_pairs():
+    """Four images with four captions: the loss goes to ~0 and greedy decoding reproduces every caption."""
+    torch.manual_seed(0)
+    vit = ViTConfig(image_size=16, patch_size=8, width=32, depth=1, heads=2)
+    model = build_captioner(vit, CaptionDecoderConfig(width=32, depth=2, heads=2, dropout=0.0), 16, 10)
+    images = torch.randn(4, 3, 16, 16)
+    captions = [[4, 5, 6, EOS_ID], [7, 8, 9, 10, EOS_ID], [5, 4, 11, 12, 13, EOS_ID], [9, 9, 14, EOS_ID]]
+    tokens = torch.full((4, 7), PAD_ID)
+    tokens[:, 0] = SOS_ID
+    for i, caption in enumerate(captions):
+        tokens[i, 1 : len(caption) + 1] = torch.tensor(caption)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(100):
+        loss = teacher_forcing_loss(model, images, tokens, torch.arange(4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05
+    generated, _ = model.eval().generate(images, SOS_ID, EOS_ID, PAD_ID, max_len=8)
+    for row, caption in zip(generated.tolist(), captions):
+        assert row[: len(caption)] == caption

@@ -1,0 +1,209 @@
+"""Step 3: put a transformer caption decoder on the ViT and train it on image + caption pairs.
+
+    python train_captioner.py -p runs/shapes_encoder/checkpoint6.pt   # from the MAE encoder (shapes, CPU)
+    python train_captioner.py                                         # the same model from scratch
+    python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt # continue exactly where it stopped
+    python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder/checkpoint200.pt
+
+Where the encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
+without it, the architecture is read from the ``model`` section of the encoder YAML named by the
+config's ``encoder_config`` and the weights start random; with ``-c`` everything comes from the
+captioner checkpoint (which stores the architecture and the tokenizer).
+
+Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
+cross-entropy with label smoothing over the non-pad targets, each image of a batch encoded once and
+shared by all its captions. A pretrained encoder is unfrozen layer by layer from the top down
+(``captioner/unfreeze.py``); a from-scratch encoder trains fully from the first step.
+
+Each epoch: the training loss, the validation loss, BLEU-4 of beam-search captions on the first
+``eval.bleu_images`` validation images, a few sample captions beside a reference, one line in
+``log.jsonl`` and ``checkpoint{N}.pt`` (N = completed epochs); the best epoch by BLEU-4 is also kept
+as ``checkpoint_best.pt``. With ``eval.patience`` > 0 training stops after that many epochs without
+a better BLEU-4.
+
+Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the learning rate a
+function of the step, the freeze state a function of the epoch, and the checkpoint holds the model,
+optimiser, scaler and RNG states (dropout), so ``-c checkpointK.pt`` repeats what an uninterrupted run
+would have done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+from captioner.captioning import (
+    KIND,
+    build_captioner,
+    caption_images,
+    captioner_from_payload,
+    checkpoint_extras,
+    reference_captions,
+    teacher_forcing_loss,
+)
+from captioner.cli import add_run_arguments, resolve_run_config, run_script
+from captioner.coco_loader import get_coco_loader
+from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_to_dict, load_config
+from captioner.image_captioner import encoder_from_mae_checkpoint
+from captioner.image_transforms import EvalTransform
+from captioner.metrics import evaluate_captions
+from captioner.run_setup import make_trainer, resume_from, setup_device
+from captioner.tokenizers import load_tokenizer
+from captioner.training import (
+    CheckpointError,
+    LossFn,
+    checkpoint_path,
+    load_checkpoint,
+    make_optimizer,
+    maybe_compile,
+    save_checkpoint,
+    training_state,
+)
+from captioner.unfreeze import apply_unfreeze, describe_unfreeze, unfreeze_param_groups
+
+N_SAMPLES = 3  # sample captions printed after each epoch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train the image captioner (ViT encoder + transformer caption decoder). Writes "
+                    "checkpoint{N}.pt, checkpoint_best.pt (best BLEU-4) and log.jsonl to the config's run_dir.",
+        epilog="examples: python train_captioner.py -p runs/shapes_encoder/checkpoint6.pt | "
+               "python train_captioner.py --set train.epochs=2 | "
+               "python train_captioner.py -c runs/shapes_captioner/checkpoint3.pt --set train.epochs=12",
+    )
+    add_run_arguments(parser, default_config="configs/shapes_captioner.yaml")
+    parser.add_argument("-p", "--pretrained", default=None,
+                        help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt): the encoder's "
+                             "architecture and weights come from it, and it is unfrozen layer by layer. "
+                             "Without -p (and without -c) the encoder starts random, with the architecture "
+                             "of the config's encoder_config YAML, and trains from the first step")
+    return parser
+
+
+def make_loss_fn(transform, label_smoothing: float) -> LossFn:
+    """The Trainer's loss function: normalise the batch's unique images, then teacher forcing."""
+
+    def loss_fn(model, batch):
+        images = transform(batch["images"])  # (U, 3, H, W) float
+        loss = teacher_forcing_loss(model, images, batch["tokens"], batch["image_index"], label_smoothing)
+        return loss, batch["tokens"].shape[0]
+
+    return loss_fn
+
+
+def epochs_since_best(history: list[dict]) -> int:
+    """Epochs after the one with the best BLEU-4 (the first of equals): 0 when the last epoch is the best."""
+    scores = [h["bleu4"] for h in history]
+    return len(scores) - 1 - scores.index(max(scores)) if scores else 0
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Train (or continue training) and return the per-epoch history."""
+    args = build_parser().parse_args(argv)
+    if args.pretrained and args.checkpoint:
+        raise ValueError("use either -p (start from an MAE encoder) or -c (resume a captioner run), not both")
+
+    # ---- config, device, tokenizer -------------------------------------------------------------
+    cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
+    device, precision, run_dir = setup_device(args.device, cfg.train, cfg.run_dir)
+    tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
+    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer_text = tokenizer_path.read_text(encoding="utf-8")
+    if resume is not None and resume.get("tokenizer") != tokenizer_text:
+        raise CheckpointError(f"{args.checkpoint}: the run was trained with another tokenizer than {tokenizer_path}; "
+                              "resume it with the processed data it was started with")
+
+    # ---- model: the encoder from -p, from -c, or random with the encoder YAML's architecture ------
+    max_len = max(cfg.data.max_caption_len, cfg.eval.max_len)  # positions fed in training and in decoding
+    if resume is not None:
+        raw_model = captioner_from_payload(resume, args.checkpoint, cfg.decoder)
+        pretrained = resume.get("pretrained")
+    elif args.pretrained:
+        encoder = encoder_from_mae_checkpoint(load_checkpoint(args.pretrained), args.pretrained)
+        raw_model = build_captioner(encoder.config, cfg.decoder, tokenizer.vocab_size, max_len)
+        raw_model.encoder.load_state_dict(encoder.state_dict())
+        pretrained = str(args.pretrained)
+    else:
+        vit = load_config(EncoderRunConfig, cfg.encoder_config).model
+        raw_model = build_captioner(vit, cfg.decoder, tokenizer.vocab_size, max_len)
+        pretrained = None
+    vit = raw_model.encoder.config
+    extras = checkpoint_extras(vit, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text, pretrained)
+    raw_model.to(device)
+    model = maybe_compile(raw_model, cfg.train.compile)
+    unfreeze = cfg.unfreeze if pretrained else None  # from scratch: everything trains from the start
+
+    # ---- data ----------------------------------------------------------------------------------
+    # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
+    # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
+    train_loader = get_coco_loader(cfg.data.processed_dir, "train", "caption", cfg.data.batch_size, shuffle=True,
+                                   seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
+                                   max_len=cfg.data.max_caption_len, group_by_image=True)
+    val_loader = get_coco_loader(cfg.data.processed_dir, "val", "caption", cfg.data.batch_size, shuffle=False,
+                                 num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
+                                 group_by_image=True)
+    bleu_loader = get_coco_loader(cfg.data.processed_dir, "val", "image_captions", cfg.data.batch_size,
+                                  shuffle=False, num_workers=cfg.data.num_workers)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
+                         f"({cfg.data.batch_size}); lower data.batch_size")
+    transform = EvalTransform(vit.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
+    loss_fn = make_loss_fn(transform, cfg.label_smoothing)
+
+    # ---- optimiser, schedule, AMP scaler, resume ------------------------------------------------
+    optimizer = make_optimizer(unfreeze_param_groups(raw_model, cfg.train.weight_decay), cfg.train.lr,
+                               (cfg.train.beta1, cfg.train.beta2), device)
+    trainer = make_trainer(model, optimizer, cfg.train, steps_per_epoch, device, precision, run_dir,
+                           show_progress=not args.no_progress)
+    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint)
+    n_params = sum(p.numel() for p in raw_model.parameters())
+    source = f"MAE encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
+    print(f"captioner on {device} ({precision}) from {source}: {n_params / 1e6:.2f} M parameters, "
+          f"{len(train_loader.dataset)} training images, {steps_per_epoch} steps per epoch, "
+          f"{cfg.train.epochs} epochs, run dir {run_dir}")
+
+    # ---- training loop -------------------------------------------------------------------------
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if cfg.eval.patience and epochs_since_best(history) >= cfg.eval.patience:
+            print(f"stopping early: no better BLEU-4 for {cfg.eval.patience} epochs")
+            break
+        start = time.perf_counter()
+        states = apply_unfreeze(raw_model, optimizer, epoch, unfreeze)
+        train_loader.batch_sampler.set_epoch(epoch)
+        train_loss = trainer.train_epoch(train_loader, loss_fn, epoch)
+        train_seconds = time.perf_counter() - start
+        val_loss = trainer.evaluate(val_loader, loss_fn)
+        if not math.isfinite(val_loss):
+            raise ValueError(f"the validation loss of epoch {epoch + 1} is {val_loss}; not saving this epoch")
+        hypotheses = caption_images(raw_model, bleu_loader, tokenizer, transform, device, precision,
+                                    cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.max_len,
+                                    limit=cfg.eval.bleu_images, progress=not args.no_progress)
+        references = reference_captions(bleu_loader.dataset, hypotheses)
+        bleu4 = evaluate_captions(references, hypotheses)["BLEU-4"]
+
+        # ---- checkpointing ---------------------------------------------------------------------
+        record = {"epoch": epoch + 1, "step": trainer.step, "train_loss": train_loss, "val_loss": val_loss,
+                  "bleu4": bleu4, "captions_per_s": steps_per_epoch * cfg.data.batch_size / train_seconds,
+                  "trainable_groups": [name for name, s in states.items() if s.trainable],
+                  "seconds": time.perf_counter() - start}
+        history.append(record)
+        trainer.logger.log(**record)
+        payload = training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history, **extras)
+        path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
+        best = epochs_since_best(history) == 0
+        if best:
+            save_checkpoint(run_dir / "checkpoint_best.pt", payload)
+        print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+              f"BLEU-4 {bleu4:.4f}{' (best)' if best else ''}  {describe_unfreeze(states)}  "
+              f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
+        for image_id in list(hypotheses)[:N_SAMPLES]:
+            print(f"    {image_id}: {hypotheses[image_id]!r}  (reference: {references[image_id][0]!r})")
+    return history
+
+
+if __name__ == "__main__":
+    run_script(main)
