@@ -360,10 +360,11 @@ def _size_captions(scene: Scene, rng: random.Random) -> list[str]:
 
 
 def _list_captions(scene: Scene, rng: random.Random) -> list[str]:
-    # Four fully described objects would make a 17-word caption; drop the sizes then.
-    detail = ("colour", "shape") if len(scene.objects) == MAX_OBJECTS else ("size", "colour", "shape")
-    text = _join([_article(_phrase(o, detail)) for o in scene.objects])
-    captions = [text]
+    # Three or four fully described objects would make captions of 16 words or more; drop the sizes then.
+    detail = ("colour", "shape") if len(scene.objects) >= 3 else ("size", "colour", "shape")
+    # Listed from left to right, so that the order of the words is something the image shows.
+    text = _join([_article(_phrase(o, detail)) for o in sorted(scene.objects, key=lambda o: o.cx)])
+    captions = [text, f"a picture of {text}", f"{text} in the picture"]
     if len(scene.objects) <= 2:
         captions.append(f"{text} on a {BACKGROUNDS[scene.background.kind]} background")
     return captions
@@ -432,17 +433,25 @@ _FAMILIES = (_count_captions, _colour_captions, _shape_captions, _size_captions,
              _single_captions, _position_captions, _relation_captions, _attribute_captions)
 
 
+# Captions of every image that describe the whole scene, as COCO's annotators do: two wordings of
+# the list of all objects. Without this anchor the five captions would each describe a different
+# aspect, no two would share wording, and BLEU against them would reward a generic guess as much as
+# a caption that looks at the image.
+WHOLE_SCENE_CAPTIONS = 2
+
+
 def describe_scene(scene: Scene, rng: random.Random, n: int = CAPTIONS_PER_IMAGE) -> list[str]:
     """``n`` different true captions of ``scene``, as sentences ("A red circle above a blue square.").
 
-    Every caption family (counts, colours, shapes, sizes, a list of all objects, one object, a
-    position, a relation between two objects, an attribute) proposes candidates; families are
-    visited in random order and each gives one caption per round, so the five captions of an image
-    usually come from five different families.
+    The first ``WHOLE_SCENE_CAPTIONS`` list every object (two wordings). Then every caption family
+    (counts, colours, shapes, sizes, one object, a position, a relation between two objects, an
+    attribute) proposes candidates; families are visited in random order and each gives one caption
+    per round, so the remaining captions of an image usually come from different families.
     """
-    families = [family(scene, rng) for family in _FAMILIES]
+    whole = _list_captions(scene, rng)
+    chosen: list[str] = [whole.pop(rng.randrange(len(whole))) for _ in range(WHOLE_SCENE_CAPTIONS)]
+    families = [family(scene, rng) for family in _FAMILIES if family is not _list_captions]
     rng.shuffle(families)
-    chosen: list[str] = []
     while len(chosen) < n and any(families):
         for candidates in families:
             if candidates and len(chosen) < n:
