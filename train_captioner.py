@@ -25,6 +25,9 @@ Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the 
 function of the step, the freeze state a function of the epoch, and the checkpoint holds the model,
 optimiser, scaler and RNG states (dropout), so ``-c checkpointK.pt`` repeats what an uninterrupted run
 would have done.
+
+Several GPUs: ``torchrun --nproc_per_node=N train_captioner.py ...`` trains with DistributedDataParallel
+(``captioner/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from captioner.captioning import (
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.coco_loader import get_coco_loader
 from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_to_dict, load_config
+from captioner.distributed import barrier, broadcast_object, cleanup, init_distributed, rng_states_by_rank, wrap_ddp
 from captioner.image_captioner import encoder_from_mae_checkpoint
 from captioner.image_transforms import EvalTransform
 from captioner.metrics import evaluate_captions
@@ -108,7 +112,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- config, device, tokenizer -------------------------------------------------------------
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
-    device, precision, run_dir = setup_device(args.device, cfg.train, cfg.run_dir)
+    dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
+    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
     tokenizer = load_tokenizer(tokenizer_path)
     tokenizer_text = tokenizer_path.read_text(encoding="utf-8")
@@ -139,18 +144,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- data ----------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
     # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
+    shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
     train_loader = get_coco_loader(cfg.data.processed_dir, "train", "caption", cfg.data.batch_size, shuffle=True,
                                    seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
-                                   max_len=cfg.data.max_caption_len, group_by_image=True)
+                                   max_len=cfg.data.max_caption_len, group_by_image=True, **shard)
     val_loader = get_coco_loader(cfg.data.processed_dir, "val", "caption", cfg.data.batch_size, shuffle=False,
                                  num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
-                                 group_by_image=True)
+                                 group_by_image=True, **shard)
     bleu_loader = get_coco_loader(cfg.data.processed_dir, "val", "image_captions", cfg.data.batch_size,
                                   shuffle=False, num_workers=cfg.data.num_workers)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
-                         f"({cfg.data.batch_size}); lower data.batch_size")
+                         f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
     transform = EvalTransform(vit.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
     loss_fn = make_loss_fn(transform, cfg.label_smoothing)
 
@@ -158,50 +164,65 @@ def main(argv: list[str] | None = None) -> list[dict]:
     optimizer = make_optimizer(unfreeze_param_groups(raw_model, cfg.train.weight_decay), cfg.train.lr,
                                (cfg.train.beta1, cfg.train.beta2), device)
     trainer = make_trainer(model, optimizer, cfg.train, steps_per_epoch, device, precision, run_dir,
-                           show_progress=not args.no_progress)
-    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint)
+                           show_progress=not args.no_progress, dist=dist_info)
+    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint, dist_info)
     n_params = sum(p.numel() for p in raw_model.parameters())
     source = f"MAE encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
-    print(f"captioner on {device} ({precision}) from {source}: {n_params / 1e6:.2f} M parameters, "
-          f"{len(train_loader.dataset)} training images, {steps_per_epoch} steps per epoch, "
-          f"{cfg.train.epochs} epochs, run dir {run_dir}")
+    if dist_info.is_main:  # [distributed]
+        print(f"captioner on {device} ({precision}) from {source}: {n_params / 1e6:.2f} M parameters, "
+              f"{len(train_loader.dataset)} training images, {steps_per_epoch} steps per epoch, "
+              f"{cfg.train.epochs} epochs, run dir {run_dir}"
+              + (f", {dist_info.world_size} processes" if dist_info.distributed else ""))
 
     # ---- training loop -------------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.train.epochs):
         if cfg.eval.patience and epochs_since_best(history) >= cfg.eval.patience:
-            print(f"stopping early: no better BLEU-4 for {cfg.eval.patience} epochs")
+            if dist_info.is_main:  # [distributed]
+                print(f"stopping early: no better BLEU-4 for {cfg.eval.patience} epochs")
             break
         start = time.perf_counter()
         states = apply_unfreeze(raw_model, optimizer, epoch, unfreeze)
+        # [distributed] DDP averages the gradients of the parameters trainable when it was built: a new
+        # wrapper when this epoch unfroze more (see wrap_ddp); the same model in a single process
+        trainer.model = wrap_ddp(model, dist_info, previous=trainer.model)
         train_loader.batch_sampler.set_epoch(epoch)
         train_loss = trainer.train_epoch(train_loader, loss_fn, epoch)
         train_seconds = time.perf_counter() - start
         val_loss = trainer.evaluate(val_loader, loss_fn)
         if not math.isfinite(val_loss):
             raise ValueError(f"the validation loss of epoch {epoch + 1} is {val_loss}; not saving this epoch")
-        hypotheses = caption_images(raw_model, bleu_loader, tokenizer, transform, device, precision,
-                                    cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.max_len,
-                                    limit=cfg.eval.bleu_images, progress=not args.no_progress)
-        references = reference_captions(bleu_loader.dataset, hypotheses)
-        bleu4 = evaluate_captions(references, hypotheses)["BLEU-4"]
+        bleu4 = None
+        if dist_info.is_main:  # [distributed] rank 0 captions alone; the others wait for its BLEU-4
+            hypotheses = caption_images(raw_model, bleu_loader, tokenizer, transform, device, precision,
+                                        cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.max_len,
+                                        limit=cfg.eval.bleu_images, progress=not args.no_progress)
+            references = reference_captions(bleu_loader.dataset, hypotheses)
+            bleu4 = evaluate_captions(references, hypotheses)["BLEU-4"]
+        bleu4 = broadcast_object(bleu4, dist_info)  # [distributed] early stopping needs it on every process
 
         # ---- checkpointing ---------------------------------------------------------------------
+        # [distributed] captions_per_s counts the captions of all processes
         record = {"epoch": epoch + 1, "step": trainer.step, "train_loss": train_loss, "val_loss": val_loss,
-                  "bleu4": bleu4, "captions_per_s": steps_per_epoch * cfg.data.batch_size / train_seconds,
+                  "bleu4": bleu4,
+                  "captions_per_s": steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
                   "seconds": time.perf_counter() - start}
         history.append(record)
-        trainer.logger.log(**record)
-        payload = training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history, **extras)
-        path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
-        best = epochs_since_best(history) == 0
-        if best:
-            save_checkpoint(run_dir / "checkpoint_best.pt", payload)
-        print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-              f"BLEU-4 {bleu4:.4f}{' (best)' if best else ''}  {describe_unfreeze(states)}  "
-              f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
-        for image_id in list(hypotheses)[:N_SAMPLES]:
-            print(f"    {image_id}: {hypotheses[image_id]!r}  (reference: {references[image_id][0]!r})")
+        payload = training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history, **extras,
+                                 **rng_states_by_rank(dist_info))  # [distributed] every process's RNG states
+        if dist_info.is_main:  # [distributed] rank 0 writes; the others wait at the barrier
+            trainer.logger.log(**record)
+            path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
+            best = epochs_since_best(history) == 0
+            if best:
+                save_checkpoint(run_dir / "checkpoint_best.pt", payload)
+            print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                  f"BLEU-4 {bleu4:.4f}{' (best)' if best else ''}  {describe_unfreeze(states)}  "
+                  f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
+            for image_id in list(hypotheses)[:N_SAMPLES]:
+                print(f"    {image_id}: {hypotheses[image_id]!r}  (reference: {references[image_id][0]!r})")
+        barrier()  # [distributed]
+    cleanup()  # [distributed]
     return history
 
 

@@ -13,6 +13,9 @@ Exact resume: the data order, the augmentation and the masks of epoch ``e`` come
 seeded with ``(seed, e)``, the learning rate is a function of the step, and the checkpoint holds the
 model, optimiser, scaler and RNG states, so ``-c checkpointK.pt`` repeats what an uninterrupted run
 would have done.
+
+Several GPUs: ``torchrun --nproc_per_node=N train_encoder.py ...`` trains with DistributedDataParallel
+(``captioner/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import torch
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.coco_loader import get_coco_loader, to_tensors
 from captioner.config import EncoderRunConfig, config_to_dict
+from captioner.distributed import barrier, cleanup, init_distributed, rng_states_by_rank, wrap_ddp
 from captioner.image_captioner import ImageAutoEncoder
 from captioner.image_transforms import EvalTransform, MAETrainTransform
 from captioner.run_setup import make_trainer, resume_from, setup_device
@@ -61,7 +65,9 @@ def seeded_generator(device: torch.device, *entropy: int) -> torch.Generator:
     """A generator on ``device`` whose seed is a well-mixed function of the integers ``entropy``.
 
     ``seeded_generator(device, seed, TRAIN_STREAM, epoch)`` draws the same numbers whenever epoch
-    ``epoch`` is run, whether or not the run was interrupted before it.
+    ``epoch`` is run, whether or not the run was interrupted before it. Up to four integers, trailing
+    zeros do not change the seed (numpy pads the entropy with zeros), so ``(seed, TRAIN_STREAM, epoch, 0)``
+    for torchrun's rank 0 draws what a single process draws.
     """
     seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
     return torch.Generator(device=device).manual_seed(seed)
@@ -88,17 +94,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- config and device -------------------------------------------------------------------
     cfg, resume = resolve_run_config(args, EncoderRunConfig, kind=KIND)
-    device, precision, run_dir = setup_device(args.device, cfg.train, cfg.run_dir)
+    dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
+    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
 
     # ---- data ----------------------------------------------------------------------------------
+    shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
     train_loader = get_coco_loader(cfg.data.processed_dir, cfg.splits, "image", cfg.data.batch_size, shuffle=True,
-                                   seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True)
+                                   seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True, **shard)
     val_loader = get_coco_loader(cfg.data.processed_dir, "val", "image", cfg.data.batch_size, shuffle=False,
-                                 num_workers=cfg.data.num_workers)
+                                 num_workers=cfg.data.num_workers, **shard)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training images ({len(train_loader.dataset)}) "
-                         f"than one batch ({cfg.data.batch_size}); lower data.batch_size")
+                         f"than one batch ({cfg.data.batch_size}) per process ({dist_info.world_size}); "
+                         "lower data.batch_size")
     size = cfg.model.image_size
     train_transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
     eval_transform = EvalTransform(size)
@@ -107,42 +116,51 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- model, optimiser, schedule, AMP scaler -------------------------------------------------
     raw_model = ImageAutoEncoder(cfg.model, cfg.mae).to(device)
-    model = maybe_compile(raw_model, cfg.train.compile)
+    model = wrap_ddp(maybe_compile(raw_model, cfg.train.compile), dist_info)  # [distributed] DDP averages gradients
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay),
                                cfg.train.lr, (cfg.train.beta1, cfg.train.beta2), device)
     trainer = make_trainer(model, optimizer, cfg.train, steps_per_epoch, device, precision, run_dir,
-                           show_progress=not args.no_progress)
-    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint)
+                           show_progress=not args.no_progress, dist=dist_info)
+    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint, dist_info)
     n_params = sum(p.numel() for p in raw_model.parameters())
-    print(f"MAE on {device} ({precision}): {n_params / 1e6:.2f} M parameters, {len(train_loader.dataset)} training "
-          f"images, {steps_per_epoch} steps per epoch, {cfg.train.epochs} epochs, run dir {run_dir}")
+    if dist_info.is_main:  # [distributed]
+        print(f"MAE on {device} ({precision}): {n_params / 1e6:.2f} M parameters, {len(train_loader.dataset)} training "
+              f"images, {steps_per_epoch} steps per epoch, {cfg.train.epochs} epochs, run dir {run_dir}"
+              + (f", {dist_info.world_size} processes" if dist_info.distributed else ""))
 
     # ---- training loop -------------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.train.epochs):
         start = time.perf_counter()
         train_loader.batch_sampler.set_epoch(epoch)
-        train_fn = make_loss_fn(train_transform, seeded_generator(device, cfg.train.seed, TRAIN_STREAM, epoch),
+        # [distributed] each process its own crops and masks (the rank's); see seeded_generator
+        train_fn = make_loss_fn(train_transform,
+                                seeded_generator(device, cfg.train.seed, TRAIN_STREAM, epoch, dist_info.rank),
                                 raw_model.num_patches)
         train_loss = trainer.train_epoch(train_loader, train_fn, epoch)
         train_seconds = time.perf_counter() - start
-        val_fn = make_loss_fn(eval_transform, seeded_generator(device, cfg.train.seed, VALIDATION_STREAM),
-                              raw_model.num_patches)
+        val_generator = seeded_generator(device, cfg.train.seed, VALIDATION_STREAM, dist_info.rank)  # [distributed]
+        val_fn = make_loss_fn(eval_transform, val_generator, raw_model.num_patches)
         val_loss = trainer.evaluate(val_loader, val_fn)
         if not math.isfinite(val_loss):
             raise ValueError(f"the validation loss of epoch {epoch + 1} is {val_loss}; not saving this epoch")
 
-        # ---- checkpointing (and the picture) ---------------------------------------------------
-        picture = _reconstruction_picture(raw_model, eval_transform, picture_images, device, cfg.train.seed)
-        save_png(picture, run_dir / f"reconstruction{epoch + 1}.png")
-        images_per_s = steps_per_epoch * cfg.data.batch_size / train_seconds
+        # ---- checkpointing (and the picture): rank 0 writes, the others wait at the barrier ------
+        if dist_info.is_main:  # [distributed]
+            picture = _reconstruction_picture(raw_model, eval_transform, picture_images, device, cfg.train.seed)
+            save_png(picture, run_dir / f"reconstruction{epoch + 1}.png")
+        images_per_s = steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds  # all processes
         record = {"epoch": epoch + 1, "step": trainer.step, "train_loss": train_loss, "val_loss": val_loss,
                   "images_per_s": images_per_s, "seconds": time.perf_counter() - start}
         history.append(record)
-        trainer.logger.log(**record)
-        path = save_checkpoint(checkpoint_path(run_dir, epoch + 1),
-                               training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history))
-        print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-              f"{images_per_s:.0f} images/s  {record['seconds']:.1f} s  -> {path}")
+        payload = training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history,
+                                 **rng_states_by_rank(dist_info))  # [distributed] every process's RNG states
+        if dist_info.is_main:  # [distributed]
+            trainer.logger.log(**record)
+            path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
+            print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
+                  f"{images_per_s:.0f} images/s  {record['seconds']:.1f} s  -> {path}")
+        barrier()  # [distributed]
+    cleanup()  # [distributed]
     return history
 
 

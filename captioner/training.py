@@ -200,6 +200,11 @@ class Trainer:
     ``model`` is what is called (possibly ``torch.compile``-d); ``lr_at(step)`` gives the base learning
     rate, which each optimiser group scales by its ``lr_scale``. ``step`` counts optimiser steps and is
     stored in checkpoints.
+
+    ``average`` (torchrun only; see ``captioner/distributed.py``): the mean of a tensor over all
+    processes. The epoch's training loss, the logged loss and the validation loss are then those of
+    every process's batches together, identical on all processes (``items_per_s`` in the log stays
+    this process's). None in a single process.
     """
 
     model: nn.Module
@@ -214,6 +219,7 @@ class Trainer:
     step: int = 0
     show_progress: bool = True
     parameters: list[nn.Parameter] = field(default_factory=list)
+    average: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self):
         if not self.parameters:
@@ -263,7 +269,7 @@ class Trainer:
             if window_steps == self.log_every:
                 self._check_finite(first_bad)
                 elapsed = time.perf_counter() - window_start
-                mean = window.item() / window_steps
+                mean = self._over_processes(window).item() / window_steps
                 bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}")
                 if self.logger:
                     self.logger.log(epoch=epoch, step=self.step, loss=mean, lr=lr,
@@ -272,11 +278,18 @@ class Trainer:
                 window_steps, window_items = 0, 0
                 window_start = time.perf_counter()
         self._check_finite(first_bad)
-        return total.item() / max(1, n_steps)
+        return self._over_processes(total).item() / max(1, n_steps)
 
-    @staticmethod
-    def _check_finite(first_bad: torch.Tensor) -> None:
+    def _over_processes(self, x: torch.Tensor) -> torch.Tensor:
+        """[distributed] The mean of ``x`` over the processes; ``x`` itself in a single process."""
+        return x if self.average is None else self.average(x)
+
+    def _check_finite(self, first_bad: torch.Tensor) -> None:
         bad_step = int(first_bad.item())
+        if self.average is not None:
+            # [distributed] every process stops at the same check, or the others would wait for it forever
+            if self.average((first_bad >= 0).float()).item() > 0 and bad_step < 0:
+                bad_step = self.step  # another process saw a non-finite loss first; this is where this one stops
         if bad_step >= 0:
             raise NonFiniteLossError(bad_step)
 
@@ -292,6 +305,10 @@ class Trainer:
                 loss, n_items = loss_fn(self.model, batch)
             total += loss.detach().float() * n_items
             count += n_items
+        if self.average is not None:
+            # [distributed] each process saw its share of the batches: weigh their sums, not their means
+            total, count = self.average(torch.stack([total, total.new_tensor(float(count))])).tolist()
+            return total / count if count else 0.0
         return total.item() / max(1, count)
 
 
