@@ -138,8 +138,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     vit = raw_model.encoder.config
     extras = checkpoint_extras(vit, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text, pretrained)
     raw_model.to(device)
-    model = maybe_compile(raw_model, cfg.train.compile)
     unfreeze = cfg.unfreeze if pretrained else None  # from scratch: everything trains from the start
+    # One graph per freeze state: all frozen, then one more of the depth + 1 encoder groups each epoch.
+    model = maybe_compile(raw_model, cfg.train.compile, graph_variants=vit.depth + 2)
 
     # ---- data ----------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the

@@ -440,6 +440,15 @@ def restore_training_state(payload: dict, trainer: Trainer, raw_model: nn.Module
     set_rng_state(payload["rng"])
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile(model)`` when enabled; the checkpoint always stores the uncompiled module."""
-    return torch.compile(model) if enabled else model
+def maybe_compile(model: nn.Module, enabled: bool, graph_variants: int = 1) -> nn.Module:
+    """``torch.compile(model)`` when enabled; the checkpoint always stores the uncompiled module.
+
+    ``graph_variants``: how many different graphs the run will legitimately need. Dynamo guards on
+    ``requires_grad``, so every freeze state of layer-wise unfreezing is one more compilation; past
+    dynamo's recompile limit (8 by default) it would silently fall back to eager mode.
+    """
+    if not enabled:
+        return model
+    limit = torch._dynamo.config.recompile_limit
+    torch._dynamo.config.recompile_limit = max(limit, graph_variants + 2)
+    return torch.compile(model)
