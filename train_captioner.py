@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- model: the encoder from -p, from -c, or random with the encoder YAML's architecture ------
     max_len = max(cfg.data.max_caption_len, cfg.eval.max_len)  # positions fed in training and in decoding
     if resume is not None:
-        raw_model = captioner_from_payload(resume, args.checkpoint, cfg.decoder)
+        raw_model = captioner_from_payload(resume, args.checkpoint, cfg.decoder, max_len)
         pretrained = resume.get("pretrained")
     elif args.pretrained:
         encoder = encoder_from_mae_checkpoint(load_checkpoint(args.pretrained), args.pretrained)

@@ -82,18 +82,19 @@ def checkpoint_extras(vit: ViTConfig, vocab_size: int, max_len: int, tokenizer_t
             "tokenizer": tokenizer_text, "pretrained": pretrained}
 
 
-def captioner_from_payload(payload: dict, source: str | Path,
-                           decoder: CaptionDecoderConfig | None = None) -> TransformerEncoderDecoder:
+def captioner_from_payload(payload: dict, source: str | Path, decoder: CaptionDecoderConfig | None = None,
+                           max_len: int = 0) -> TransformerEncoderDecoder:
     """The captioner described by a checkpoint payload, with its weights (on the CPU).
 
     ``decoder`` replaces the stored decoder settings (a resumed run's ``--set`` overrides); weights
-    that then do not fit raise CheckpointError.
+    that then do not fit raise CheckpointError. ``max_len`` raises the decoder's position limit
+    above the stored one (its position encoding is computed, not learned, so any length works).
     """
     try:
         vit = config_from_dict(ViTConfig, payload["vit"], source=f"{source} (vit)")
         if decoder is None:
             decoder = config_from_dict(CaptionerRunConfig, payload["config"], source=f"{source} (config)").decoder
-        model = build_captioner(vit, decoder, payload["vocab_size"], payload["max_len"])
+        model = build_captioner(vit, decoder, payload["vocab_size"], max(payload["max_len"], max_len))
     except KeyError as e:
         raise CheckpointError(f"{source}: the captioner checkpoint lacks its {e.args[0]!r} entry") from None
     except (ConfigError, ValueError) as e:
@@ -113,13 +114,14 @@ def tokenizer_from_text(text: str, source: str | Path = "checkpoint"):
             raise CheckpointError(f"{source}: the stored tokenizer is unreadable: {e}") from None
 
 
-def load_captioner(checkpoint_path: str | Path, device: torch.device | str = "cpu"):
+def load_captioner(checkpoint_path: str | Path, device: torch.device | str = "cpu", max_len: int = 0):
     """``(model in eval mode on device, tokenizer, payload)`` from a captioner checkpoint alone.
 
+    ``max_len``: decode up to this many positions even if training used fewer.
     Raises CheckpointError naming the file for a missing, corrupt or non-captioner checkpoint.
     """
     payload = load_checkpoint(checkpoint_path, kind=KIND)
-    model = captioner_from_payload(payload, checkpoint_path).to(device).eval()
+    model = captioner_from_payload(payload, checkpoint_path, max_len=max_len).to(device).eval()
     return model, tokenizer_from_text(payload.get("tokenizer", ""), checkpoint_path), payload
 
 

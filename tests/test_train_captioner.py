@@ -114,6 +114,7 @@ def test_checkpoint_is_self_contained_and_best_is_kept(workdir, pretrained_run):
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, payload["model"][name]), name
     assert tokenizer.decode(tokenizer.encode("a red circle")) == "a red circle"
+    assert load_captioner(run_dir / "checkpoint2.pt", max_len=40)[0].decoder.max_len == 40  # longer decoding
 
     loader = get_coco_loader(workdir / "data" / "processed", "val", "image_captions", 3, shuffle=False)
     captions = caption_images(model, loader, tokenizer, EvalTransform(32), torch.device("cpu"), "fp32",
