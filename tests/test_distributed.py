@@ -223,15 +223,6 @@ def _unfreeze_scenario(info: DistInfo) -> dict:
 # ---- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and forked workers must not inherit a busy thread pool."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def free_ports(n: int) -> list[int]:
     """``n`` distinct ports that were free on 127.0.0.1 a moment ago."""
     sockets = [socket.socket() for _ in range(n)]

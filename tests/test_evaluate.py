@@ -26,15 +26,6 @@ VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=1, heads=2)  # a 4 
 DECODER = CaptionDecoderConfig(width=16, depth=2, heads=2, dropout=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A processed 12 + 5 + 2 image shapes set and a random-weight captioner checkpoint of the format

@@ -25,15 +25,6 @@ from captioner.training import CheckpointError, load_checkpoint, save_checkpoint
 VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=2, heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run faster on one thread, and much faster when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A processed 10 + 4 image shapes set, a tiny MAE checkpoint, an encoder YAML and a captioner YAML."""
