@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(parser, default_config="configs/shapes_captioner.yaml")
     parser.add_argument("-p", "--pretrained", default=None,
-                        help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt): the encoder's "
+                        help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt, or its run folder for "
+                             "the latest one): the encoder's "
                              "architecture and weights come from it, and it is unfrozen layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
                              "of the config's encoder_config YAML, and trains from the first step")

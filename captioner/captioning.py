@@ -21,7 +21,6 @@ A captioner checkpoint is self-contained: besides the training state it stores t
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -33,7 +32,7 @@ from captioner.caption_decoder import CaptionDecoder
 from captioner.config import (CaptionDecoderConfig, CaptionerRunConfig, ConfigError, ViTConfig, config_from_dict,
                               config_to_dict)
 from captioner.image_captioner import ImageEncoder
-from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID, load_tokenizer
+from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID, parse_tokenizer
 from captioner.training import CheckpointError, autocast, load_checkpoint, load_state_dict_checked
 from transformer_components import TransformerEncoderDecoder
 
@@ -105,13 +104,10 @@ def captioner_from_payload(payload: dict, source: str | Path, decoder: CaptionDe
 
 def tokenizer_from_text(text: str, source: str | Path = "checkpoint"):
     """A tokenizer from the text of its file (as stored in a captioner checkpoint)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "tokenizer.txt"
-        path.write_text(text, encoding="utf-8")
-        try:
-            return load_tokenizer(path)
-        except ValueError as e:
-            raise CheckpointError(f"{source}: the stored tokenizer is unreadable: {e}") from None
+    try:
+        return parse_tokenizer(text, source)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: the stored tokenizer is unreadable: {e}") from None
 
 
 def load_captioner(checkpoint_path: str | Path, device: torch.device | str = "cpu", max_len: int = 0):
