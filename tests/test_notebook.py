@@ -98,7 +98,6 @@ def executed(tmp_path_factory):
     cells = read_notebook()["cells"]
     namespace = {"__name__": "__main__"}
     printed = io.StringIO()
-    threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setenv("CAPTIONER_DATA", str(root / "data"))
         mp.setenv("CAPTIONER_FIGURES", str(root / "figures"))
@@ -106,11 +105,7 @@ def executed(tmp_path_factory):
         mp.chdir(REPO)  # the configs/ paths are relative to the repository root, where Jupyter starts
         mp.setitem(sys.modules, "matplotlib", None)  # an import of either now raises ImportError
         mp.setitem(sys.modules, "IPython", None)
-        torch.set_num_threads(1)  # tiny models: faster on one thread when other processes share the cores
-        try:
-            run_cells(cells, [i for i, c in enumerate(cells) if c["cell_type"] == "code"], namespace)
-        finally:
-            torch.set_num_threads(threads)
+        run_cells(cells, [i for i, c in enumerate(cells) if c["cell_type"] == "code"], namespace)
     return cells, namespace, printed.getvalue(), root
 
 
