@@ -64,8 +64,12 @@ class CaptionDecoder(nn.Module):
         memory_padding_mask: Tensor | None = None,
         cache: KVCache | None = None,
         return_cross_attention: bool = False,
+        memory_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """tokens (B, T) long, memory (B, S, Cm) -> logits (B, T, V).
+
+        memory_index (B,) long: memory is (U, S, Cm), one row per image, and caption b reads
+        memory[memory_index[b]]; each image's cross-attention keys/values are then computed once.
 
         With a cache, `tokens` are the new positions only, starting at position len(cache).
         return_cross_attention also returns one (B, H, T, S) weight tensor per layer.
@@ -76,7 +80,7 @@ class CaptionDecoder(nn.Module):
             raise ValueError(f"positions up to {start + T} exceed the decoder's max_len={self.max_len}")
         x = self.token_embedding(tokens) * math.sqrt(self.d_model)  # (B, T, C)
         x = self.dropout(x + self.position_encoding[start : start + T])  # (B, T, C)
-        out = self.decoder(x, memory, memory_padding_mask, cache, return_cross_attention)
+        out = self.decoder(x, memory, memory_padding_mask, cache, return_cross_attention, memory_index)
         h, maps = out if return_cross_attention else (out, None)
         logits = self.lm_head(h)  # (B, T, V)
         return (logits, maps) if return_cross_attention else logits

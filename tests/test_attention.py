@@ -186,6 +186,35 @@ def test_cross_attention_keys_values_are_computed_once():
     assert len(calls) == len(dec.layers)  # once per layer, not once per step
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_key_value_index_equals_gathered_memory_with_one_projection_per_memory(fused):
+    """Cross-attention over U memories shared by B queries: keys/values are projected for the U
+    memories only, and outputs and gradients equal those of the memories gathered row by row."""
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(C, H, kv_dim=12).double()
+    attn.fused = fused
+    query = torch.randn(5, 4, C, dtype=torch.float64)
+    memory = torch.randn(2, 7, 12, dtype=torch.float64, requires_grad=True)
+    mask = _padding([7, 3], 7)  # (U, S): the second memory has 3 real positions
+    index = torch.tensor([0, 1, 1, 0, 1])
+    rows = []
+    attn.k_proj.register_forward_hook(lambda mod, inp, out: rows.append(out.size(0)))
+    shared = attn(query, memory, key_padding_mask=mask, key_value_index=index)
+    shared.square().sum().backward()
+    shared_grads, memory_grad = _grads(attn), memory.grad.clone()
+    attn.zero_grad()
+    memory.grad = None
+    gathered = attn(query, memory[index], key_padding_mask=mask[index])
+    gathered.square().sum().backward()
+    assert rows == [2, 5]  # U rows projected with the index, B without
+    torch.testing.assert_close(shared, gathered)
+    torch.testing.assert_close(memory_grad, memory.grad)
+    for name, grad in _grads(attn).items():
+        torch.testing.assert_close(shared_grads[name], grad, msg=name)
+    with pytest.raises(ValueError, match="key_value_index"):
+        attn(query, None, key_value_index=index)
+
+
 def test_cache_reorder_selects_batch_rows():
     cache = KVCache(n_layers=2)
     for entry in cache.self_attention + cache.cross_attention:

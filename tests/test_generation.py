@@ -214,8 +214,11 @@ def test_forward_with_src_index_shares_each_encoded_source():
     src = memories(2)
     tokens = torch.randint(3, V, (5, 4))
     src_index = torch.tensor([0, 0, 1, 1, 1])
+    kv_rows = []
+    m.decoder.decoder.layers[0].cross_attn.k_proj.register_forward_hook(lambda mod, inp, out: kv_rows.append(out.size(0)))
     logits = m(src, tokens, src_index)
     assert logits.shape == (5, 4, V) and calls == [2]
+    assert kv_rows == [2]  # the cross-attention keys/values too: once per source, not per caption
     expected = m.decoder(tokens, encoder(src)[src_index])
     torch.testing.assert_close(logits, expected)
 

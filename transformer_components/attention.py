@@ -129,8 +129,13 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         return x.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
 
-    def _keys_values(self, query: Tensor, key_value: Tensor | None, cache: AttentionCache | None) -> tuple[Tensor, Tensor]:
-        """Keys and values (B, H, Tk, D), computed, appended to or taken from the cache."""
+    def _keys_values(self, query: Tensor, key_value: Tensor | None, cache: AttentionCache | None,
+                     key_value_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Keys and values (B, H, Tk, D), computed, appended to or taken from the cache.
+
+        key_value_index (B,) long: query row b reads key_value row key_value_index[b]; the keys and
+        values are projected once per key_value row and then gathered (cross-attention only).
+        """
         if key_value is None:  # self-attention: the new positions' K/V extend the cached ones
             k = self._split_heads(self.k_proj(query))  # (B, H, Tq, D)
             v = self._split_heads(self.v_proj(query))  # (B, H, Tq, D)
@@ -142,8 +147,11 @@ class MultiHeadAttention(nn.Module):
             return k, v
         if cache is not None and cache.k is not None:  # cross-attention: the memory never changes
             return cache.k, cache.v
-        k = self._split_heads(self.k_proj(key_value))  # (B, H, Tk, D)
-        v = self._split_heads(self.v_proj(key_value))  # (B, H, Tk, D)
+        k = self._split_heads(self.k_proj(key_value))  # (U, H, Tk, D), U = key_value rows
+        v = self._split_heads(self.v_proj(key_value))  # (U, H, Tk, D)
+        if key_value_index is not None:
+            # project each memory once (e.g. an image), then share it by all of its queries (its captions)
+            k, v = k.index_select(0, key_value_index), v.index_select(0, key_value_index)  # (B, H, Tk, D)
         if cache is not None:
             cache.k, cache.v = k, v
         return k, v
@@ -156,6 +164,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         cache: AttentionCache | None = None,
         need_weights: bool = False,
+        key_value_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Attend from `query` to `key_value` (or to itself).
 
@@ -168,13 +177,22 @@ class MultiHeadAttention(nn.Module):
                 are the newest positions.
             cache: an AttentionCache (see KVCache) for incremental decoding.
             need_weights: also return the attention weights (B, H, Tq, Tk); uses the manual path.
+            key_value_index: (B,) long, cross-attention only: query row b attends to key_value row
+                key_value_index[b], so key_value (U, Tk, kv_dim) and key_padding_mask (U, Tk) hold
+                each memory once and its keys/values are projected once, however many queries share
+                it. Same result as passing key_value.index_select(0, key_value_index), with fewer FLOPs.
 
         Returns:
             out (B, Tq, C), or (out, weights) when need_weights.
         """
         B, Tq, C = query.shape
+        if key_value_index is not None:
+            if key_value is None:
+                raise ValueError("key_value_index needs a key_value (it selects rows of the memory)")
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.index_select(0, key_value_index)  # (B, Tk)
         q = self._split_heads(self.q_proj(query))  # (B, H, Tq, D)
-        k, v = self._keys_values(query, key_value, cache)  # (B, H, Tk, D) each
+        k, v = self._keys_values(query, key_value, cache, key_value_index)  # (B, H, Tk, D) each
         Tk = k.size(2)
         p_drop = self.dropout if self.training else 0.0
         weights = None

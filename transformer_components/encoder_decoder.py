@@ -11,7 +11,8 @@ class TransformerEncoderDecoder(nn.Module):
 
     The encoder may be any module (for images src is (B, 3, H, W)). The decoder follows the
     protocol of transformer_components.generation (e.g. captioner.caption_decoder.CaptionDecoder):
-    decoder(tokens, memory, memory_padding_mask=None, cache=None) and decoder.new_cache().
+    decoder(tokens, memory, memory_padding_mask=None, cache=None) and decoder.new_cache(); for
+    `forward` with `src_index` it also takes `memory_index=` (see TransformerDecoder).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module):
@@ -30,11 +31,13 @@ class TransformerEncoderDecoder(nn.Module):
         images is encoded once and shared by all of their captions. Without it N must equal B.
         Example: 2 images with 5 captions each -> src (2, 3, H, W), tokens (10, T),
         src_index = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1].
+        The decoder's cross-attention also projects each source's keys/values once and shares
+        them (memory_index), rather than once per caption.
         """
         memory = self.encode(src)  # (B, S, C)
-        if src_index is not None:
-            memory = memory.index_select(0, src_index)  # (N, S, C)
-        return self.decoder(tokens, memory)  # (N, T, V)
+        if src_index is None:
+            return self.decoder(tokens, memory)  # (N, T, V)
+        return self.decoder(tokens, memory, memory_index=src_index)  # (N, T, V)
 
     @torch.no_grad()
     def generate(

@@ -61,8 +61,12 @@ class DecoderLayer(nn.Module):
         cache: KVCache | None = None,
         layer_index: int = 0,
         need_weights: bool = False,
+        memory_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """x (B, T, C); memory (B, S, Cm); memory_padding_mask (B, S) bool, True = padding.
+
+        With memory_index (B,) long, memory (U, S, Cm) and its mask (U, S) hold each memory once and
+        row b of x reads memory[memory_index[b]] (its keys/values are projected once per memory).
 
         `cache` is the whole stack's KVCache; this layer uses its entries at `layer_index`.
         Returns x (B, T, C), or (x, cross-attention weights (B, H, T, S)) when need_weights.
@@ -73,7 +77,8 @@ class DecoderLayer(nn.Module):
             cross_cache = cache.cross_attention[layer_index]
         x = x + self.dropout(self.self_attn(self.norm1(x), causal=True, cache=self_cache))  # (B, T, C)
         h = self.cross_attn(
-            self.norm2(x), memory, key_padding_mask=memory_padding_mask, cache=cross_cache, need_weights=need_weights
+            self.norm2(x), memory, key_padding_mask=memory_padding_mask, cache=cross_cache, need_weights=need_weights,
+            key_value_index=memory_index,
         )
         h, weights = h if need_weights else (h, None)
         x = x + self.dropout(h)  # (B, T, C)
@@ -127,8 +132,12 @@ class TransformerDecoder(nn.Module):
         memory_padding_mask: Tensor | None = None,
         cache: KVCache | None = None,
         return_cross_attention: bool = False,
+        memory_index: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Decode target embeddings x (B, T, C) against memory (B, S, Cm), causally.
+
+        memory_index (B,) long: memory (U, S, Cm) holds each memory once and row b of x reads
+        memory[memory_index[b]]; see DecoderLayer.
 
         With a cache, x holds only the new positions: their self-attention keys/values are
         appended to the cache, and the memory's cross-attention keys/values are computed on the
@@ -139,7 +148,8 @@ class TransformerDecoder(nn.Module):
         """
         maps = []
         for i, layer in enumerate(self.layers):
-            x = layer(x, memory, memory_padding_mask, cache, i, need_weights=return_cross_attention)
+            x = layer(x, memory, memory_padding_mask, cache, i, need_weights=return_cross_attention,
+                      memory_index=memory_index)
             if return_cross_attention:
                 x, weights = x
                 maps.append(weights)
