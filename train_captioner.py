@@ -1,6 +1,6 @@
 """Step 3: put a transformer caption decoder on the ViT and train it on image + caption pairs.
 
-    python train_captioner.py -p runs/shapes_encoder/checkpoint6.pt   # from the MAE encoder (shapes, CPU)
+    python train_captioner.py -p runs/shapes_encoder   # from the MAE encoder (shapes, CPU)
     python train_captioner.py                                         # the same model from scratch
     python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt # continue exactly where it stopped
     python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder/checkpoint200.pt
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train the image captioner (ViT encoder + transformer caption decoder). Writes "
                     "checkpoint{N}.pt, checkpoint_best.pt (best BLEU-4) and log.jsonl to the config's run_dir.",
-        epilog="examples: python train_captioner.py -p runs/shapes_encoder/checkpoint6.pt | "
+        epilog="examples: python train_captioner.py -p runs/shapes_encoder | "
                "python train_captioner.py --set train.epochs=2 | "
                "python train_captioner.py -c runs/shapes_captioner/checkpoint3.pt --set train.epochs=12",
     )

@@ -9,7 +9,9 @@ Sections (one function each, all returning `Row`s):
 - captioner: captions/s of train_captioner.py's training step (teacher forcing, each image encoded
   once for its 5 captions, backward, AdamW, through the shared Trainer) with the encoder frozen
   (the first epochs from an MAE encoder) and unfrozen (every layer training, as at the end of
-  layer-wise unfreezing or from scratch). Ratios are against the frozen step. On CUDA, also the MFU,
+  layer-wise unfreezing or from scratch), and (without --compile) the unfrozen step as it was before
+  the decoder shared each image's cross-attention keys/values among its captions. Ratios are
+  against the frozen step. On CUDA, also the MFU,
   from the FLOPs of one training step as counted by torch.utils.flop_counter (forward + backward of
   what actually runs: a frozen encoder costs its forward pass only).
 
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_data import make_processed  # noqa: E402
-from captioner.captioning import build_captioner  # noqa: E402
+from captioner.captioning import build_captioner, caption_loss  # noqa: E402
 from captioner.coco_loader import get_coco_loader  # noqa: E402
 from captioner.config import CaptionerRunConfig, EncoderRunConfig, UnfreezeConfig, load_config  # noqa: E402
 from captioner.image_captioner import ImageAutoEncoder, flops_per_image  # noqa: E402
@@ -222,6 +224,21 @@ def captioner_section(args, device: torch.device) -> list[Row]:
         mfu = None if peak is None else step_flops * args.steps / seconds / (peak * 1e12)
         reference = rows[0].images_per_s if rows else args.steps * B / seconds
         rows.append(Row("captioner", f"training step, {name}", seconds, args.steps * B, reference, mfu, "captions"))
+    if not cfg.train.compile:
+        # Reference for the shared cross-attention keys/values: the same unfrozen step with each
+        # image's memory copied to its captions first, so the decoder projects K/V once per caption.
+        transform = EvalTransform(vit.image_size)
+
+        def per_caption_loss(m, batch):
+            memory = m.encode(transform(batch["images"])).index_select(0, batch["image_index"])  # (B, S, C)
+            tokens = batch["tokens"]
+            return caption_loss(m.decoder(tokens[:, :-1], memory), tokens[:, 1:], cfg.label_smoothing), B
+
+        trainer.train_epoch([batches[i % 4] for i in range(args.warmup)], per_caption_loss, epoch=0)
+        seconds = timed(lambda: trainer.train_epoch([batches[i % 4] for i in range(args.steps)], per_caption_loss,
+                                                    epoch=1), device)
+        rows.append(Row("captioner", "unfrozen, K/V per caption (old)", seconds, args.steps * B,
+                        rows[0].images_per_s, None, "captions"))
     return rows
 
 
