@@ -234,6 +234,12 @@ def captioner_section(args, device: torch.device) -> list[Row]:
             tokens = batch["tokens"]
             return caption_loss(m.decoder(tokens[:, :-1], memory), tokens[:, 1:], cfg.label_smoothing), B
 
+        with FlopCounterMode(display=False) as counter:  # the same forward + backward, K/V per caption
+            per_caption_loss(model, batches[0])[0].backward()
+        optimizer.zero_grad(set_to_none=True)
+        print(f"FLOPs of one unfrozen step (forward + backward): {step_flops / 1e9:.2f} G with the keys/values "
+              f"shared per image, {counter.get_total_flops() / 1e9:.2f} G projected per caption "
+              f"({1 - step_flops / counter.get_total_flops():.0%} fewer)")
         trainer.train_epoch([batches[i % 4] for i in range(args.warmup)], per_caption_loss, epoch=0)
         seconds = timed(lambda: trainer.train_epoch([batches[i % 4] for i in range(args.steps)], per_caption_loss,
                                                     epoch=1), device)
