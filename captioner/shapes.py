@@ -262,7 +262,7 @@ def render_scene(scene: Scene) -> Image.Image:
 
 
 def encode_jpeg(image: Image.Image) -> bytes:
-    """JPEG bytes like COCO's, but without chroma subsampling: at 64 px a small shape is only ~10
+    """JPEG bytes like COCO's, but without chroma subsampling: at 64 px a small shape is only 13-16
     pixels wide, and 4:2:0 would smear its colour into the background."""
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=JPEG_QUALITY, subsampling=0)
