@@ -15,6 +15,8 @@ Sections (one function each, all returning `Row`s):
   from the FLOPs of one training step as counted by torch.utils.flop_counter (forward + backward of
   what actually runs: a frozen encoder costs its forward pass only).
 
+On CUDA each section also prints its peak GPU memory (``torch.cuda.max_memory_allocated``).
+
 Inputs are synthetic uint8 images of the preset's model resolution in a temporary processed folder
 (shapes: 64 px, coco: 224 px) and, for the captioner, random captions of a typical length and
 vocabulary size (CAPTION_SHAPES), so no dataset is needed. Warm-up steps (and torch.compile) are
@@ -304,7 +306,16 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     device = resolve_device(args.device)
-    rows = [row for name, section in SECTIONS.items() if name in args.sections.split(",") for row in section(args, device)]
+    rows = []
+    for name, section in SECTIONS.items():
+        if name not in args.sections.split(","):
+            continue
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rows += section(args, device)
+        if device.type == "cuda":  # what a training run of the preset needs, at the preset's batch size
+            print(f"{name}: peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
+                  "(tensors allocated by PyTorch, over the whole section)")
     print_table(rows, device, peak_tflops(device, args.peak_tflops))
 
 
