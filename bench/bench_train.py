@@ -201,7 +201,8 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     trainer = Trainer(maybe_compile(model, cfg.train.compile), optimizer, make_grad_scaler(device, precision), device,
                       precision, lambda step: cfg.train.lr, grad_clip=cfg.train.grad_clip, log_every=10**9,
                       show_progress=False)
-    loss_fn = make_caption_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
+    transform = EvalTransform(vit.image_size)
+    loss_fn = make_caption_loss_fn(transform, cfg.label_smoothing)
 
     def make_batch() -> dict:
         tokens = torch.randint(EOS_ID + 2, V, (B, T), device=device)  # (B, T) no special ids inside
@@ -229,7 +230,6 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     if not cfg.train.compile:
         # Reference for the shared cross-attention keys/values: the same unfrozen step with each
         # image's memory copied to its captions first, so the decoder projects K/V once per caption.
-        transform = EvalTransform(vit.image_size)
 
         def per_caption_loss(m, batch):
             memory = m.encode(transform(batch["images"])).index_select(0, batch["image_index"])  # (B, S, C)
