@@ -141,11 +141,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     raw_model.to(device)
     unfreeze = cfg.unfreeze if pretrained else None  # from scratch: everything trains from the start
     # One graph per freeze state: all frozen, then one more of the depth + 1 encoder groups each epoch.
-    model = maybe_compile(raw_model, cfg.train.compile, graph_variants=vit.depth + 2)
+    model = maybe_compile(raw_model, cfg.train.compile, graph_variants=vit.depth + 2,
+                          mode=cfg.train.compile_mode)
 
     # ---- data ----------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
     # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
+    if cfg.data.on_device:
+        raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
+                         "batches are read from the host: set data.on_device=false")
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
     train_loader = get_coco_loader(cfg.data.processed_dir, "train", "caption", cfg.data.batch_size, shuffle=True,
                                    seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,

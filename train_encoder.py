@@ -99,10 +99,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- data ----------------------------------------------------------------------------------
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
+    # data.on_device: the whole uint8 cache is copied to the device once and batches are gathered there
+    source = {"on_device": device, "show_progress": not args.no_progress} if cfg.data.on_device else \
+        {"num_workers": cfg.data.num_workers}
     train_loader = get_coco_loader(cfg.data.processed_dir, cfg.splits, "image", cfg.data.batch_size, shuffle=True,
-                                   seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True, **shard)
+                                   seed=cfg.train.seed, drop_last=True, **source, **shard)
     val_loader = get_coco_loader(cfg.data.processed_dir, "val", "image", cfg.data.batch_size, shuffle=False,
-                                 num_workers=cfg.data.num_workers, **shard)
+                                 **source, **shard)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training images ({len(train_loader.dataset)}) "
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- model, optimiser, schedule, AMP scaler -------------------------------------------------
     raw_model = ImageAutoEncoder(cfg.model, cfg.mae).to(device)
-    model = wrap_ddp(maybe_compile(raw_model, cfg.train.compile), dist_info)  # [distributed] DDP averages gradients
+    model = maybe_compile(raw_model, cfg.train.compile, mode=cfg.train.compile_mode)
+    model = wrap_ddp(model, dist_info)  # [distributed] DDP averages gradients
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay),
                                cfg.train.lr, (cfg.train.beta1, cfg.train.beta2), device)
     trainer = make_trainer(model, optimizer, cfg.train, steps_per_epoch, device, precision, run_dir,
@@ -126,7 +130,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if dist_info.is_main:  # [distributed]
         print(f"MAE on {device} ({precision}): {n_params / 1e6:.2f} M parameters, {len(train_loader.dataset)} training "
               f"images, {steps_per_epoch} steps per epoch, {cfg.train.epochs} epochs, run dir {run_dir}"
-              + (f", {dist_info.world_size} processes" if dist_info.distributed else ""))
+              + (f", {dist_info.world_size} processes" if dist_info.distributed else "")
+              + (f", the images in {device.type} memory" if cfg.data.on_device else ""))
 
     # ---- training loop -------------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.train.epochs):

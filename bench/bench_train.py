@@ -4,7 +4,8 @@ Sections (one function each, all returning `Row`s):
 - mae: images/s of train_encoder.py's training step (forward, backward, AdamW, through the shared
   Trainer) on batches already on the device, of the data pipeline alone (get_coco_loader + copy to
   the device + MAETrainTransform), and of the whole step with the data pipeline included (the real
-  loop). Ratios are against the training step alone. On CUDA, also the model-FLOPs utilisation
+  loop), each with the images read from the host by the DataLoader and with the whole uint8 cache
+  in device memory (``data.on_device``, DeviceImageLoader). Ratios are against the training step alone. On CUDA, also the model-FLOPs utilisation
   (matmul FLOPs of flops_per_image, x3 for forward + backward) against the GPU's dense bf16 peak.
 - captioner: captions/s of train_captioner.py's training step (teacher forcing, each image encoded
   once for its 5 captions, backward, AdamW, through the shared Trainer) with the encoder frozen
@@ -23,6 +24,7 @@ vocabulary size (CAPTION_SHAPES), so no dataset is needed. Warm-up steps (and to
 excluded from the timings; every timed region ends with a device synchronisation.
 
 Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
+                                   [--compile-mode default|reduce-overhead|max-autotune|...]
                                    [--steps 20] [--warmup 5] [--batch-size N] [--workers N]
                                    [--peak-tflops X] [--profile] [--sections mae,captioner]
 """
@@ -46,11 +48,18 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_data import make_processed  # noqa: E402
 from captioner.captioning import build_captioner, caption_loss  # noqa: E402
 from captioner.coco_loader import get_coco_loader  # noqa: E402
-from captioner.config import CaptionerRunConfig, EncoderRunConfig, UnfreezeConfig, load_config  # noqa: E402
+from captioner.config import (  # noqa: E402
+    CaptionerRunConfig,
+    EncoderRunConfig,
+    TrainConfig,
+    UnfreezeConfig,
+    load_config,
+)
 from captioner.image_captioner import ImageAutoEncoder, flops_per_image  # noqa: E402
 from captioner.image_transforms import EvalTransform, MAETrainTransform  # noqa: E402
 from captioner.tokenizers import EOS_ID, SOS_ID  # noqa: E402
 from captioner.training import (  # noqa: E402
+    COMPILE_MODES,
     Trainer,
     make_grad_scaler,
     make_optimizer,
@@ -117,24 +126,33 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
+def bench_trainer(model, optimizer, train: TrainConfig, device: torch.device, precision: str) -> Trainer:
+    """The scripts' Trainer on the (compiled, per ``train``) model, at a constant lr, without logging."""
+    return Trainer(maybe_compile(model, train.compile, mode=train.compile_mode), optimizer,
+                   make_grad_scaler(device, precision), device, precision, lambda step: train.lr,
+                   grad_clip=train.grad_clip, log_every=10**9, show_progress=False)
+
+
+def compile_text(train: TrainConfig) -> str:
+    return f"compile {train.compile}" + (f" ({train.compile_mode})" if train.compile else "")
+
+
 def mae_section(args, device: torch.device) -> list[Row]:
-    overrides = [f"train.compile={str(args.compile).lower()}"]
+    overrides = [f"train.compile={str(args.compile).lower()}", f"train.compile_mode={args.compile_mode}"]
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
     cfg = load_config(EncoderRunConfig, PRESETS[args.preset], overrides)
     precision = resolve_precision(cfg.train.precision, device)
     B, size = cfg.data.batch_size, cfg.model.image_size
     workers = cfg.data.num_workers if args.workers is None else args.workers
-    print(f"MAE preset {args.preset}: {size} px, batch {B}, {precision}, compile {cfg.train.compile}, "
+    print(f"MAE preset {args.preset}: {size} px, batch {B}, {precision}, {compile_text(cfg.train)}, "
           f"{workers} loader workers, {args.warmup} warm-up + {args.steps} timed steps")
 
     torch.manual_seed(0)
     model = ImageAutoEncoder(cfg.model, cfg.mae).to(device)
     optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
                                (cfg.train.beta1, cfg.train.beta2), device)
-    trainer = Trainer(maybe_compile(model, cfg.train.compile), optimizer, make_grad_scaler(device, precision), device,
-                      precision, lambda step: cfg.train.lr, grad_clip=cfg.train.grad_clip, log_every=10**9,
-                      show_progress=False)
+    trainer = bench_trainer(model, optimizer, cfg.train, device, precision)
     transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
     generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
     L = model.num_patches
@@ -162,11 +180,22 @@ def mae_section(args, device: torch.device) -> list[Row]:
             for batch in loader:
                 transform(to_device(batch, device)["images"], generator)
 
-        data_only()  # warm-up: worker start, page cache
-        data_s = timed(data_only, device)
         loss_fn = make_loss_fn(transform, generator, L)
-        trainer.train_epoch(loader, loss_fn, epoch=2)  # warm-up of the whole loop
-        whole_s = timed(lambda: trainer.train_epoch(loader, loss_fn, epoch=3), device)
+        # the same batches from a copy of the whole cache in device memory (data.on_device)
+        device_loader = get_coco_loader(processed, ["train"], "image", B, shuffle=True, drop_last=True,
+                                        on_device=device)
+        seconds = {}
+        for name, source in (("host", loader), ("device", device_loader)):
+
+            def data_only():
+                for batch in source:
+                    transform(to_device(batch, device)["images"], generator)
+
+            data_only()  # warm-up: worker start, page cache
+            seconds["data", name] = timed(data_only, device)
+            trainer.train_epoch(source, loss_fn, epoch=2)  # warm-up of the whole loop
+            seconds["whole", name] = timed(lambda: trainer.train_epoch(source, loss_fn, epoch=3), device)
+        del device_loader
 
     peak = peak_tflops(device, args.peak_tflops)
     train_flops = 3 * flops_per_image(cfg.model, cfg.mae)["total"]
@@ -176,13 +205,17 @@ def mae_section(args, device: torch.device) -> list[Row]:
 
     n = args.steps * B
     rows.append(Row("mae", "training step (fwd + bwd + AdamW)", step_s, n, step_ips, mfu(step_s)))
-    rows.append(Row("mae", "data pipeline (loader + transform)", data_s, n, step_ips))
-    rows.append(Row("mae", "whole step, data included", whole_s, n, step_ips, mfu(whole_s)))
+    rows.append(Row("mae", f"data pipeline ({workers} workers + transform)", seconds["data", "host"], n, step_ips))
+    rows.append(Row("mae", "whole step, data from the host", seconds["whole", "host"], n, step_ips,
+                    mfu(seconds["whole", "host"])))
+    rows.append(Row("mae", "data pipeline, images in device memory", seconds["data", "device"], n, step_ips))
+    rows.append(Row("mae", "whole step, images in device memory", seconds["whole", "device"], n, step_ips,
+                    mfu(seconds["whole", "device"])))
     return rows
 
 
 def captioner_section(args, device: torch.device) -> list[Row]:
-    overrides = [f"train.compile={str(args.compile).lower()}"]
+    overrides = [f"train.compile={str(args.compile).lower()}", f"train.compile_mode={args.compile_mode}"]
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
     cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset], overrides)
@@ -192,15 +225,13 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
     B = U * CAPTIONS_PER_IMAGE  # captions per step
     print(f"captioner preset {args.preset}: {vit.image_size} px, {B} captions of {T} tokens from {U} images per step, "
-          f"vocabulary {V}, {precision}, compile {cfg.train.compile}, {args.warmup} warm-up + {args.steps} timed steps")
+          f"vocabulary {V}, {precision}, {compile_text(cfg.train)}, {args.warmup} warm-up + {args.steps} timed steps")
 
     torch.manual_seed(0)
     model = build_captioner(vit, cfg.decoder, V, max(T, cfg.data.max_caption_len)).to(device)
     optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
                                (cfg.train.beta1, cfg.train.beta2), device)
-    trainer = Trainer(maybe_compile(model, cfg.train.compile), optimizer, make_grad_scaler(device, precision), device,
-                      precision, lambda step: cfg.train.lr, grad_clip=cfg.train.grad_clip, log_every=10**9,
-                      show_progress=False)
+    trainer = bench_trainer(model, optimizer, cfg.train, device, precision)
     transform = EvalTransform(vit.image_size)
     loss_fn = make_caption_loss_fn(transform, cfg.label_smoothing)
 
@@ -271,10 +302,10 @@ def print_profile(fn, device: torch.device) -> None:
 
 def print_table(rows: list[Row], device: torch.device, peak: float | None) -> None:
     print()
-    print(f"{'section':9} {'measurement':38} {'per s':>10} {'unit':8} {'x ref':>7} {'MFU':>6}")
+    print(f"{'section':9} {'measurement':42} {'per s':>10} {'unit':8} {'x ref':>7} {'MFU':>6}")
     for r in rows:
         mfu = f"{100 * r.mfu:5.1f}%" if r.mfu is not None else "   n/a"
-        print(f"{r.section:9} {r.name:38} {r.images_per_s:10.1f} {r.unit:8} "
+        print(f"{r.section:9} {r.name:42} {r.images_per_s:10.1f} {r.unit:8} "
               f"{r.images_per_s / r.reference_images_per_s:7.2f} {mfu:>6}")
     gpu = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     peak_text = f", MFU against {peak:.0f} TFLOP/s dense bf16" if peak else ""
@@ -290,6 +321,8 @@ def main() -> None:
                              "(default shapes)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                        help="torch.compile's mode (train.compile_mode; implies --compile unless it is 'default')")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -302,6 +335,7 @@ def main() -> None:
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated sections to run (default: {','.join(SECTIONS)})")
     args = parser.parse_args()
+    args.compile = args.compile or args.compile_mode != "default"
     unknown = set(args.sections.split(",")) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")

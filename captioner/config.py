@@ -40,6 +40,7 @@ class DataConfig:
     processed_dir: str = "data/shapes/processed"  # written by process_coco.py
     batch_size: int = 128  # images per step (MAE) or captions per step (captioner)
     num_workers: int = 0  # DataLoader worker processes; 0 reads in the main process (fast: uint8 cache)
+    on_device: bool = False  # MAE only: copy the whole image cache into the device's memory, batch there (no workers)
     max_caption_len: int = 32  # tokens per caption including <sos> and <eos>; longer ones are truncated
 
 
@@ -85,6 +86,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     precision: str = "auto"  # auto | bf16 | fp16 | fp32  (auto: bf16 on CUDA if supported, else fp16; fp32 on CPU)
     compile: bool = False  # torch.compile the model
+    # torch.compile's mode: default | reduce-overhead (CUDA graphs: fewer kernel launches; best with fixed shapes,
+    # i.e. MAE) | max-autotune (searches matmul kernels, long first compile) | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     seed: int = 0
     log_every: int = 20  # steps between log lines (and host syncs)
 

@@ -8,6 +8,7 @@ import torch
 from captioner.coco_data import FORMAT_VERSION, SplitData, write_json, write_split_json
 from captioner.coco_loader import (
     CaptFirstDataset,
+    DeviceImageLoader,
     EpochBatchSampler,
     ImageOnlyDataset,
     ImgFirstDataset,
@@ -198,3 +199,27 @@ def test_incomplete_folder_and_bad_arguments_are_reported(processed):
     (processed / "meta.json").unlink()
     with pytest.raises(FileNotFoundError, match="meta.json"):
         get_coco_loader(processed, "train", "image", 4, shuffle=False)
+
+
+@pytest.mark.parametrize("drop_last, replicas", [(True, 1), (False, 1), (True, 2)])
+def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, replicas):
+    splits = ["train", "unlabeled"]
+    for rank in range(replicas):
+        kwargs = dict(batch_size=3, shuffle=True, seed=4, drop_last=drop_last, num_replicas=replicas, rank=rank)
+        host = get_coco_loader(processed, splits, "image", **kwargs)
+        device = get_coco_loader(processed, splits, "image", on_device="cpu", **kwargs)
+        assert isinstance(device, DeviceImageLoader) and len(device) == len(host) > 0
+        assert device.images.shape == (11, S, S, 3) and device.images.dtype == torch.uint8
+        for epoch in (0, 1):
+            host.batch_sampler.set_epoch(epoch)
+            device.batch_sampler.set_epoch(epoch)
+            pairs = list(zip(host, device, strict=True))
+            for a, b in pairs:
+                assert set(b) == {"images"}
+                assert b["images"].shape == a["images"].shape and b["images"].stride() == a["images"].stride()
+                assert torch.equal(a["images"], b["images"])
+
+
+def test_device_loader_is_for_image_batches_only(processed):
+    with pytest.raises(ValueError, match="kind 'image' only"):
+        get_coco_loader(processed, "train", "caption", 4, shuffle=False, on_device="cpu")

@@ -103,6 +103,12 @@ def test_resume_continues_exactly(processed, two_epochs, tmp_path):
     assert all(torch.equal(a["exp_avg"], b) for a, b in zip(again["optimizer"]["state"].values(), exp_avg))
 
 
+def test_images_in_device_memory_train_exactly_as_the_loader(processed, two_epochs, tmp_path):
+    _, history = two_epochs
+    on_device = train_encoder.main(args(processed, tmp_path, "data.on_device=true"))
+    assert [(h["train_loss"], h["val_loss"]) for h in on_device] == [(h["train_loss"], h["val_loss"]) for h in history]
+
+
 def test_an_unknown_or_corrupt_checkpoint_is_a_clear_error(processed, two_epochs, tmp_path):
     run_dir, _ = two_epochs
     truncated = tmp_path / "checkpoint1.pt"

@@ -31,6 +31,7 @@ from captioner.training import (
     lr_at_step,
     make_grad_scaler,
     make_optimizer,
+    maybe_compile,
     param_groups,
     resolve_device,
     resolve_precision,
@@ -379,3 +380,10 @@ def test_a_checkpoint_without_a_stored_config_is_a_checkpoint_error(tmp_path):
     ckpt = save_checkpoint(tmp_path / "checkpoint1.pt", {"kind": "mae", "model": {}})
     with pytest.raises(CheckpointError, match="checkpoint1.pt"):
         resolve_run_config(parse(["-c", str(ckpt)]), EncoderRunConfig, "mae")
+
+
+def test_compile_modes_are_checked_even_without_compiling():
+    model = nn.Linear(2, 2)
+    assert maybe_compile(model, False, mode="reduce-overhead") is model
+    with pytest.raises(ValueError, match="unknown train.compile_mode 'fast'"):
+        maybe_compile(model, False, mode="fast")
