@@ -340,6 +340,20 @@ def get_coco_loader(processed_dir: str | Path, split: str | Sequence[str], kind:
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 
+def check_device_memory(need: int, device: torch.device) -> None:
+    """Refuse, with a message, to put ``need`` bytes on a GPU that would keep less than a tenth of its
+    memory free for training (the model, its activations, the optimiser). The CPU is not checked."""
+    if device.type != "cuda":
+        return
+    free, total = torch.cuda.mem_get_info(device)
+    reserve = total // 10
+    if need > free - reserve:
+        raise ValueError(
+            f"the image cache needs {need / 2**30:.1f} GiB of GPU memory but only {free / 2**30:.1f} GiB "
+            f"are free (and {reserve / 2**30:.1f} GiB are kept for training): set data.on_device=false "
+            "to read the images from the host instead")
+
+
 class DeviceImageLoader:
     """Image batches gathered from a copy of the whole uint8 cache in the training device's memory.
 
@@ -364,14 +378,7 @@ class DeviceImageLoader:
     def _upload(self, show_progress: bool) -> torch.Tensor:
         shape = (len(self.dataset), *self.dataset.image_shape)  # (N, S, S, 3)
         need = int(np.prod(shape))  # bytes, uint8
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            reserve = total // 10  # left for the model, its activations and the optimiser
-            if need > free - reserve:
-                raise ValueError(
-                    f"the image cache needs {need / 2**30:.1f} GiB of GPU memory but only {free / 2**30:.1f} GiB "
-                    f"are free (and {reserve / 2**30:.1f} GiB are kept for training): set data.on_device=false "
-                    "to read the images from the host instead")
+        check_device_memory(need, self.device)
         images = torch.empty(shape, dtype=torch.uint8, device=self.device)
         rows_per_chunk = max(1, self.CHUNK_BYTES // max(1, need // max(1, shape[0])))
         bar = tqdm(total=need, unit="B", unit_scale=True, desc=f"images to {self.device.type} memory", leave=False,

@@ -12,6 +12,7 @@ from captioner.coco_loader import (
     EpochBatchSampler,
     ImageOnlyDataset,
     ImgFirstDataset,
+    check_device_memory,
     get_coco_loader,
 )
 from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID
@@ -223,3 +224,13 @@ def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, repli
 def test_device_loader_is_for_image_batches_only(processed):
     with pytest.raises(ValueError, match="kind 'image' only"):
         get_coco_loader(processed, "train", "caption", 4, shuffle=False, on_device="cpu")
+
+
+def test_an_image_cache_too_large_for_the_gpu_is_refused(monkeypatch):
+    GiB = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (50 * GiB, 80 * GiB))  # (free, total)
+    cuda = torch.device("cuda")
+    check_device_memory(41 * GiB, cuda)  # fits beside the 8 GiB kept for training
+    with pytest.raises(ValueError, match="needs 43.0 GiB of GPU memory but only 50.0 GiB are free"):
+        check_device_memory(43 * GiB, cuda)
+    check_device_memory(10**15, torch.device("cpu"))  # the CPU is not checked
