@@ -16,7 +16,8 @@ Sections (one function each, all returning `Row`s):
   from the FLOPs of one training step as counted by torch.utils.flop_counter (forward + backward of
   what actually runs: a frozen encoder costs its forward pass only).
 
-On CUDA each section also prints its peak GPU memory (``torch.cuda.max_memory_allocated``).
+On CUDA each section also prints its peak GPU memory (``torch.cuda.max_memory_allocated``), and the
+MAE section that of the training step alone (what a run needs beside its data).
 
 Inputs are synthetic uint8 images of the preset's model resolution in a temporary processed folder
 (shapes: 64 px, coco: 224 px) and, for the captioner, random captions of a typical length and
@@ -168,6 +169,8 @@ def mae_section(args, device: torch.device) -> list[Row]:
     trainer.train_epoch([ready[i % 4] for i in range(args.warmup)], step_only, epoch=0)
     step_s = timed(lambda: trainer.train_epoch([ready[i % 4] for i in range(args.steps)], step_only, epoch=1), device)
     step_ips = args.steps * B / step_s
+    # what a training run of the preset needs at this batch size, before the data rows copy images to the device
+    print_peak_memory("MAE training step", device)
     if args.profile:
         print_profile(lambda: trainer.train_epoch([ready[i % 4] for i in range(3)], step_only, epoch=1), device)
 
@@ -300,6 +303,12 @@ def print_profile(fn, device: torch.device) -> None:
     print(f"profiled wall time: {wall * 1000:.1f} ms")
 
 
+def print_peak_memory(what: str, device: torch.device) -> None:
+    """[CUDA] The peak of the tensors allocated by PyTorch since the last reset, in GiB."""
+    if device.type == "cuda":
+        print(f"{what}: peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
+
+
 def print_table(rows: list[Row], device: torch.device, peak: float | None) -> None:
     print()
     print(f"{'section':9} {'measurement':42} {'per s':>10} {'unit':8} {'x ref':>7} {'MFU':>6}")
@@ -347,9 +356,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         rows += section(args, device)
-        if device.type == "cuda":  # what a training run of the preset needs, at the preset's batch size
-            print(f"{name}: peak GPU memory {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB "
-                  "(tensors allocated by PyTorch, over the whole section)")
+        print_peak_memory(f"{name} (the whole section)", device)
     print_table(rows, device, peak_tflops(device, args.peak_tflops))
 
 
