@@ -221,6 +221,16 @@ def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, repli
                 assert torch.equal(a["images"], b["images"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_loader_gives_the_dataloaders_batches(processed):
+    kwargs = dict(batch_size=4, shuffle=True, seed=5, drop_last=False)
+    host = get_coco_loader(processed, ["train", "unlabeled"], "image", **kwargs)
+    device = get_coco_loader(processed, ["train", "unlabeled"], "image", on_device="cuda", **kwargs)
+    assert device.images.is_cuda
+    for a, b in zip(host, device, strict=True):
+        assert b["images"].is_cuda and torch.equal(a["images"], b["images"].cpu())
+
+
 def test_device_loader_is_for_image_batches_only(processed):
     with pytest.raises(ValueError, match="kind 'image' only"):
         get_coco_loader(processed, "train", "caption", 4, shuffle=False, on_device="cpu")

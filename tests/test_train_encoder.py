@@ -109,6 +109,15 @@ def test_images_in_device_memory_train_exactly_as_the_loader(processed, two_epoc
     assert [(h["train_loss"], h["val_loss"]) for h in on_device] == [(h["train_loss"], h["val_loss"]) for h in history]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graphs_and_images_in_gpu_memory(processed, tmp_path):
+    """train.compile_mode=reduce-overhead (CUDA graphs) with data.on_device: trains, validates, saves."""
+    argv = args(processed, tmp_path, "data.on_device=true", "train.compile=true", "train.compile_mode=reduce-overhead")
+    history = train_encoder.main([a if a != "cpu" else "cuda" for a in argv])
+    assert len(history) == 2 and all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in history)
+    assert load_checkpoint(tmp_path / "checkpoint2.pt", kind="mae")["step"] == 6
+
+
 def test_an_unknown_or_corrupt_checkpoint_is_a_clear_error(processed, two_epochs, tmp_path):
     run_dir, _ = two_epochs
     truncated = tmp_path / "checkpoint1.pt"
