@@ -383,15 +383,11 @@ class DeviceImageLoader:
         rows_per_chunk = max(1, self.CHUNK_BYTES // max(1, need // max(1, shape[0])))
         bar = tqdm(total=need, unit="B", unit_scale=True, desc=f"images to {self.device.type} memory", leave=False,
                    disable=not show_progress)
-        # one page-locked staging buffer: the memmap's pages are read into it, then copied at full speed
-        staging = torch.empty((min(rows_per_chunk, shape[0]), *shape[1:]), dtype=torch.uint8,
-                              pin_memory=self.device.type == "cuda")  # (rows, S, S, 3)
-        for cache, start in zip(self.dataset.caches, self.dataset.starts):
-            for a in range(0, len(cache), rows_per_chunk):
-                b = min(a + rows_per_chunk, len(cache))
-                staging.numpy()[: b - a] = cache.array[a:b]
-                images[start + a : start + b].copy_(staging[: b - a])  # synchronous: staging is reused next
-                bar.update(staging[: b - a].numel())
+        for a in range(0, shape[0], rows_per_chunk):
+            rows = np.arange(a, min(a + rows_per_chunk, shape[0]))
+            chunk = torch.from_numpy(self.dataset.__getitems__(rows)["images"])  # (rows, S, S, 3), across splits
+            images[a : a + len(rows)].copy_(chunk)
+            bar.update(chunk.numel())
         bar.close()
         return images
 

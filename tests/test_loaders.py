@@ -203,7 +203,9 @@ def test_incomplete_folder_and_bad_arguments_are_reported(processed):
 
 
 @pytest.mark.parametrize("drop_last, replicas", [(True, 1), (False, 1), (True, 2)])
-def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, replicas):
+def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, replicas, monkeypatch):
+    # the cache is copied 2 images at a time, so one copy straddles the seam between train and unlabeled
+    monkeypatch.setattr(DeviceImageLoader, "CHUNK_BYTES", 2 * S * S * 3)
     splits = ["train", "unlabeled"]
     for rank in range(replicas):
         kwargs = dict(batch_size=3, shuffle=True, seed=4, drop_last=drop_last, num_replicas=replicas, rank=rank)
