@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- data ----------------------------------------------------------------------------------
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
     # data.on_device: the whole uint8 cache is copied to the device once and batches are gathered there
-    source = {"on_device": device, "show_progress": not args.no_progress} if cfg.data.on_device else \
-        {"num_workers": cfg.data.num_workers}
+    source = {"on_device": device, "show_progress": not args.no_progress and dist_info.is_main} \
+        if cfg.data.on_device else {"num_workers": cfg.data.num_workers}  # [distributed] one progress bar
     train_loader = get_coco_loader(cfg.data.processed_dir, cfg.splits, "image", cfg.data.batch_size, shuffle=True,
                                    seed=cfg.train.seed, drop_last=True, **source, **shard)
     val_loader = get_coco_loader(cfg.data.processed_dir, "val", "image", cfg.data.batch_size, shuffle=False,
