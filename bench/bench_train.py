@@ -178,11 +178,6 @@ def mae_section(args, device: torch.device) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         processed = make_processed(Path(tmp), B * args.steps, size)
         loader = get_coco_loader(processed, ["train"], "image", B, shuffle=True, num_workers=workers, drop_last=True)
-
-        def data_only():
-            for batch in loader:
-                transform(to_device(batch, device)["images"], generator)
-
         loss_fn = make_loss_fn(transform, generator, L)
         # the same batches from a copy of the whole cache in device memory (data.on_device)
         device_loader = get_coco_loader(processed, ["train"], "image", B, shuffle=True, drop_last=True,
@@ -190,14 +185,14 @@ def mae_section(args, device: torch.device) -> list[Row]:
         seconds = {}
         for name, source in (("host", loader), ("device", device_loader)):
 
-            def data_only():
+            def data_only(source=source):
                 for batch in source:
                     transform(to_device(batch, device)["images"], generator)
 
             data_only()  # warm-up: worker start, page cache
             seconds["data", name] = timed(data_only, device)
             trainer.train_epoch(source, loss_fn, epoch=2)  # warm-up of the whole loop
-            seconds["whole", name] = timed(lambda: trainer.train_epoch(source, loss_fn, epoch=3), device)
+            seconds["whole", name] = timed(lambda source=source: trainer.train_epoch(source, loss_fn, epoch=3), device)
         del device_loader
 
     peak = peak_tflops(device, args.peak_tflops)
