@@ -5,8 +5,9 @@ Sections (one function each, all returning `Row`s):
   Trainer) on batches already on the device, of the data pipeline alone (get_coco_loader + copy to
   the device + MAETrainTransform), and of the whole step with the data pipeline included (the real
   loop), each with the images read from the host by the DataLoader and with the whole uint8 cache
-  in device memory (``data.on_device``, DeviceImageLoader). Ratios are against the training step alone. On CUDA, also the model-FLOPs utilisation
-  (matmul FLOPs of flops_per_image, x3 for forward + backward) against the GPU's dense bf16 peak.
+  in device memory (``data.on_device``, DeviceImageLoader). Ratios are against the training step
+  alone. On CUDA, also the model-FLOPs utilisation (matmul FLOPs of flops_per_image, x3 for forward
+  + backward) against the GPU's dense bf16 peak.
 - captioner: captions/s of train_captioner.py's training step (teacher forcing, each image encoded
   once for its 5 captions, backward, AdamW, through the shared Trainer) with the encoder frozen
   (the first epochs from an MAE encoder) and unfrozen (every layer training, as at the end of
