@@ -51,6 +51,7 @@ from bench.bench_data import make_processed  # noqa: E402
 from captioner.captioning import build_captioner, caption_loss  # noqa: E402
 from captioner.coco_loader import get_coco_loader  # noqa: E402
 from captioner.config import (  # noqa: E402
+    COMPILE_MODES,
     CaptionerRunConfig,
     EncoderRunConfig,
     TrainConfig,
@@ -61,7 +62,6 @@ from captioner.image_captioner import ImageAutoEncoder, flops_per_image  # noqa:
 from captioner.image_transforms import EvalTransform, MAETrainTransform  # noqa: E402
 from captioner.tokenizers import EOS_ID, SOS_ID  # noqa: E402
 from captioner.training import (  # noqa: E402
-    COMPILE_MODES,
     Trainer,
     make_grad_scaler,
     make_optimizer,

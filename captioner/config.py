@@ -21,7 +21,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -33,6 +33,8 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------------
 # The schemas
 # --------------------------------------------------------------------------------------------------
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
 @dataclass
@@ -88,7 +90,7 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     # torch.compile's mode: default | reduce-overhead (CUDA graphs: fewer kernel launches; best with fixed shapes,
     # i.e. MAE) | max-autotune (searches matmul kernels, long first compile) | max-autotune-no-cudagraphs
-    compile_mode: str = "default"
+    compile_mode: Literal[COMPILE_MODES] = "default"
     seed: int = 0
     log_every: int = 20  # steps between log lines (and host syncs)
 
@@ -170,6 +172,11 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
             except ConfigError:
                 continue
         raise ConfigError(f"{where}: {value!r} matches none of {annotation}")
+    if origin is typing.Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, choices))}, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from captioner.config import COMPILE_MODES
 from captioner.fileio import atomic_write_bytes
 
 CHECKPOINT_FORMAT = 1
@@ -438,9 +439,6 @@ def restore_training_state(payload: dict, trainer: Trainer, raw_model: nn.Module
     # else: the run switched between fp16 and bf16/fp32; the fresh scaler starts from its defaults.
     trainer.step = payload["step"]
     set_rng_state(payload["rng"])
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def maybe_compile(model: nn.Module, enabled: bool, graph_variants: int = 1, mode: str = "default") -> nn.Module:

@@ -62,6 +62,7 @@ def test_load_config_with_overrides(tmp_path):
     ("train:\n  lrr: 1.0\n", "unknown key 'lrr'"),
     ("train:\n  epochs: 2.5\n", "train.epochs: expected an integer"),
     ("train:\n  compile: 1\n", "train.compile: expected true or false"),
+    ("train:\n  compile_mode: fast\n", "train.compile_mode: expected one of default, reduce-overhead, max-autotune"),
     ("model: 3\n", "model: expected a mapping"),
     ("splits: train\n", "splits: expected a list"),
     ("- a\n- b\n", "top level must be a mapping"),
