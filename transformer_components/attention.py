@@ -147,11 +147,12 @@ class MultiHeadAttention(nn.Module):
             return k, v
         if cache is not None and cache.k is not None:  # cross-attention: the memory never changes
             return cache.k, cache.v
-        k = self._split_heads(self.k_proj(key_value))  # (U, H, Tk, D), U = key_value rows
-        v = self._split_heads(self.v_proj(key_value))  # (U, H, Tk, D)
+        k, v = self.k_proj(key_value), self.v_proj(key_value)  # (U, Tk, C) each, U = key_value rows
         if key_value_index is not None:
-            # project each memory once (e.g. an image), then share it by all of its queries (its captions)
-            k, v = k.index_select(0, key_value_index), v.index_select(0, key_value_index)  # (B, H, Tk, D)
+            # project each memory once (e.g. an image), then share it by all of its queries (its captions);
+            # gathered while still contiguous (before the heads are split), which is a plain row copy
+            k, v = k.index_select(0, key_value_index), v.index_select(0, key_value_index)  # (B, Tk, C)
+        k, v = self._split_heads(k), self._split_heads(v)  # (B, H, Tk, D)
         if cache is not None:
             cache.k, cache.v = k, v
         return k, v
