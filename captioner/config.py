@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 # The schemas
 # --------------------------------------------------------------------------------------------------
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+# torch.compile's modes, the choices of TrainConfig.compile_mode
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass

@@ -450,7 +450,7 @@ def maybe_compile(model: nn.Module, enabled: bool, graph_variants: int = 1, mode
 
     ``mode`` (``train.compile_mode``, one of COMPILE_MODES, checked even when compilation is off):
     ``reduce-overhead`` replays the step's kernels as CUDA graphs, removing the per-kernel launch
-    cost that dominates a narrow model's step; it records one graph per input shape, so it suits
+    cost, which can dominate a narrow model's step; it records one graph per input shape, so it suits
     MAE's fixed shapes better than the captioner's varying caption lengths.
     """
     if mode not in COMPILE_MODES:
