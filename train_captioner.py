@@ -1,9 +1,9 @@
 """Step 3: put a transformer caption decoder on the ViT and train it on image + caption pairs.
 
-    python train_captioner.py -p runs/shapes_encoder   # from the MAE encoder (shapes, CPU)
-    python train_captioner.py                                         # the same model from scratch
-    python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt # continue exactly where it stopped
-    python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder/checkpoint200.pt
+    python train_captioner.py -p runs/shapes_encoder                   # from the MAE encoder (shapes, CPU)
+    python train_captioner.py                                          # the same model from scratch
+    python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt  # continue exactly where it stopped
+    python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder
 
 Where the encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
 without it, the architecture is read from the ``model`` section of the encoder YAML named by the
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- config, device, tokenizer -------------------------------------------------------------
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
+    if cfg.data.on_device:
+        raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
+                         "batches are read from the host: set data.on_device=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
@@ -147,9 +150,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- data ----------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
     # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
-    if cfg.data.on_device:
-        raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
-                         "batches are read from the host: set data.on_device=false")
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
     train_loader = get_coco_loader(cfg.data.processed_dir, "train", "caption", cfg.data.batch_size, shuffle=True,
                                    seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,

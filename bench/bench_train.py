@@ -170,7 +170,8 @@ def mae_section(args, device: torch.device) -> list[Row]:
     trainer.train_epoch([ready[i % 4] for i in range(args.warmup)], step_only, epoch=0)
     step_s = timed(lambda: trainer.train_epoch([ready[i % 4] for i in range(args.steps)], step_only, epoch=1), device)
     step_ips = args.steps * B / step_s
-    # what a training run of the preset needs at this batch size, before the data rows copy images to the device
+    # about what a run of the preset needs at this batch size (plus the 4 prepared batches), before the data
+    # rows copy images to the device
     print_peak_memory("MAE training step", device)
     if args.profile:
         print_profile(lambda: trainer.train_epoch([ready[i % 4] for i in range(3)], step_only, epoch=1), device)
