@@ -9,8 +9,8 @@ alpha, the caption length and the processed data folder (its ``eval`` and ``data
 
 Each batch of images is decoded at once by beam search over the KV cache with GNMT length
 normalisation; the captions are scored with BLEU-1..4 and CIDEr-D as the COCO caption toolkit
-computes them (``captioner/metrics.py``), beside the *blind baseline*: the single training caption
-that is best for every image (``captioner/blind_baseline.py``), which shows how much of the score
+computes them (``captioner/evaluation/metrics.py``), beside the *blind baseline*: the single training caption
+that is best for every image (``captioner/evaluation/blind_baseline.py``), which shows how much of the score
 the image earns. COCO's test split has no public captions: then the captions are written and no
 scores are computed.
 
@@ -33,19 +33,22 @@ from pathlib import Path
 
 import torch
 
-from captioner.blind_baseline import blind_scores, choose_blind_caption
-from captioner.caption_attention import word_attention
-from captioner.captioning import caption_images, load_captioner, reference_captions
 from captioner.cli import run_script
-from captioner.coco_data import read_split
-from captioner.coco_loader import get_coco_loader, to_tensors
 from captioner.config import CaptionerRunConfig, config_from_dict
-from captioner.fileio import atomic_write_bytes
-from captioner.image_transforms import EvalTransform
-from captioner.metrics import evaluate_captions
-from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID
-from captioner.training import autocast, latest_checkpoint, resolve_device, resolve_precision
-from captioner.visualize import attention_figure, captions_figure, save_png
+from captioner.data.datasets import to_tensors
+from captioner.data.loaders import image_captions_loader
+from captioner.data.processed import read_split
+from captioner.data.transforms import EvalTransform
+from captioner.evaluation.attention_maps import word_attention
+from captioner.evaluation.blind_baseline import blind_scores, choose_blind_caption
+from captioner.evaluation.captioning import caption_images, reference_captions
+from captioner.evaluation.metrics import evaluate_captions
+from captioner.evaluation.pictures import attention_figure, captions_figure, save_png
+from captioner.infra.fileio import atomic_write_bytes
+from captioner.models.captioner import load_captioner
+from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
+from captioner.training.checkpoints import latest_checkpoint
+from captioner.training.devices import autocast, resolve_device, resolve_precision
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")
 N_SAMPLES = 8  # images in samples.png
@@ -108,8 +111,8 @@ def write_json(path: Path, data) -> None:
 
 
 def first_images(dataset, n: int) -> tuple[torch.Tensor, list[int]]:
-    """The first ``n`` images of an ``ImgFirstDataset``: uint8 (n, 3, S, S) and their ids."""
-    batch = to_tensors(dataset.__getitems__(list(range(n))))
+    """The first ``n`` images of an ``ImageWithCaptionsDataset``: uint8 (n, 3, S, S) and their ids."""
+    batch = to_tensors(dataset.get_batch(range(n)))
     return batch["images"].contiguous(), batch["image_ids"].tolist()
 
 
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     # ---- caption the split ------------------------------------------------------------------
-    loader = get_coco_loader(processed_dir, args.split, "image_captions", batch_size, shuffle=False)
+    loader = image_captions_loader(processed_dir, args.split, batch_size)
     transform = EvalTransform(model.encoder.config.image_size)
     start = time.perf_counter()
     captions = caption_images(model, loader, tokenizer, transform, device, precision, beam, alpha, max_len,

@@ -14,9 +14,9 @@ The script runs in four numbered sections (see :func:`process`):
    every caption and write the split's record.
 4. Write ``meta.json`` and print a summary, with the skipped items counted by reason.
 
-Output, under ``<data-dir>/processed/`` (format version ``captioner.coco_data.FORMAT_VERSION``):
+Output, under ``<data-dir>/processed/`` (format version ``captioner.data.processed.FORMAT_VERSION``):
 
-- ``tokenizer.txt``: the tokenizer (``captioner.tokenizers.load_tokenizer`` reads it).
+- ``tokenizer.txt``: the tokenizer (``captioner.text.tokenizers.load_tokenizer`` reads it).
 - ``{split}_images.npy`` for each split present (train, val, test, and unlabeled if there is one):
   a plain numpy ``.npy`` file holding a uint8 array ``(N, S, S, 3)``, RGB, each image's shorter
   side resized to S and centre-cropped. Read it with ``np.load(path, mmap_mode="r")``.
@@ -48,25 +48,25 @@ from pathlib import Path
 from tqdm import tqdm
 
 from captioner.cli import run_script
-from captioner.coco_data import (
+from captioner.data.coco_annotations import SkipLog, available_splits, parse_split
+from captioner.data.image_cache import build_image_cache
+from captioner.data.processed import (
     FORMAT_VERSION,
-    SkipLog,
-    available_splits,
-    build_image_cache,
-    file_stats,
-    fingerprint,
-    is_done,
-    parse_split,
     split_files,
-    stamp_path,
     tokenize_captions,
     write_json,
     write_split_json,
+)
+from captioner.data.shapes import generate_shapes_dataset
+from captioner.infra.download import COCO_FILES, DownloadError, fetch_coco
+from captioner.infra.stamps import (
+    file_stats,
+    fingerprint,
+    is_done,
+    stamp_path,
     write_stamp,
 )
-from captioner.coco_download import COCO_FILES, DownloadError, fetch_coco
-from captioner.shapes import generate_shapes_dataset
-from captioner.tokenizers import load_tokenizer, train_tokenizer
+from captioner.text.tokenizers import load_tokenizer, train_tokenizer
 
 DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256}
 MAX_LISTED_PER_REASON = 10  # skipped items printed per reason; meta.json lists them all
@@ -77,8 +77,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Step 1: get images and captions, train the tokenizer, tokenize every caption and "
                     "pre-resize every image into a uint8 cache under <data-dir>/processed/. A rerun "
                     "redoes only what is missing or was made with other options.")
-    parser.add_argument("--source", choices=("shapes", "coco"), default="shapes",
-                        help="shapes (default): generate the synthetic dataset, offline; coco: MS COCO 2017")
+    parser.add_argument("--source", choices=("shapes", "coco"), default=None,
+                        help="shapes (the default): generate the synthetic dataset, offline; coco: MS COCO 2017 "
+                             "(the default when --coco-dir or --base-url is given)")
     parser.add_argument("--data-dir", default=None,
                         help="where raw/ and processed/ go (default: data/shapes or data/coco)")
     parser.add_argument("--coco-dir", default=None,
@@ -101,7 +102,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes that decode and resize images (default: min(4, CPU count) = %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    coco_only = [flag for flag, value in (("--coco-dir", args.coco_dir), ("--base-url", args.base_url)) if value]
+    if args.source is None:
+        args.source = "coco" if coco_only else "shapes"
+    elif args.source == "shapes" and coco_only:
+        parser.error(f"{' and '.join(coco_only)} name{'s' if len(coco_only) == 1 else ''} COCO data, "
+                     "but --source shapes generates the synthetic dataset: drop one of them")
+    return args
 
 
 def main(argv=None) -> dict:

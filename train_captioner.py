@@ -13,7 +13,7 @@ captioner checkpoint (which stores the architecture and the tokenizer).
 Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
 cross-entropy with label smoothing over the non-pad targets, each image of a batch encoded once and
 shared by all its captions. A pretrained encoder is unfrozen layer by layer from the top down
-(``captioner/unfreeze.py``); a from-scratch encoder trains fully from the first step.
+(``captioner/training/unfreeze.py``); a from-scratch encoder trains fully from the first step.
 
 Each epoch: the training loss, the validation loss, BLEU-4 of beam-search captions on the first
 ``eval.bleu_images`` validation images, a few sample captions beside a reference, one line in
@@ -27,7 +27,7 @@ optimiser, scaler and RNG states (dropout), so ``-c checkpointK.pt`` repeats wha
 would have done.
 
 Several GPUs: ``torchrun --nproc_per_node=N train_captioner.py ...`` trains with DistributedDataParallel
-(``captioner/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
+(``captioner/training/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
 """
 
 from __future__ import annotations
@@ -37,35 +37,55 @@ import math
 import time
 from pathlib import Path
 
-from captioner.captioning import (
+import torch
+from tqdm import tqdm
+
+from captioner.cli import add_run_arguments, resolve_run_config, run_script
+from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_to_dict, load_config
+from captioner.data.loaders import caption_loader, image_captions_loader
+from captioner.data.transforms import EvalTransform
+from captioner.evaluation.captioning import caption_images, reference_captions
+from captioner.evaluation.curves import write_curves
+from captioner.evaluation.metrics import evaluate_captions
+from captioner.infra.compile import maybe_compile
+from captioner.models.captioner import (
     KIND,
     build_captioner,
-    caption_images,
+    caption_loss,
     captioner_from_payload,
     checkpoint_extras,
-    reference_captions,
-    teacher_forcing_loss,
+    encoder_from_mae_checkpoint,
 )
-from captioner.cli import add_run_arguments, resolve_run_config, run_script
-from captioner.coco_loader import get_coco_loader
-from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_to_dict, load_config
-from captioner.distributed import barrier, broadcast_object, cleanup, init_distributed, rng_states_by_rank, wrap_ddp
-from captioner.image_captioner import encoder_from_mae_checkpoint
-from captioner.image_transforms import EvalTransform
-from captioner.metrics import evaluate_captions
-from captioner.run_setup import make_trainer, resume_from, setup_device
-from captioner.tokenizers import load_tokenizer
-from captioner.training import (
+from captioner.text.tokenizers import load_tokenizer
+from captioner.training.checkpoints import (
     CheckpointError,
-    LossFn,
     checkpoint_path,
     load_checkpoint,
-    make_optimizer,
-    maybe_compile,
+    resume_from,
     save_checkpoint,
     training_state,
 )
-from captioner.unfreeze import apply_unfreeze, describe_unfreeze, unfreeze_param_groups
+from captioner.training.devices import autocast, make_grad_scaler, setup_device
+from captioner.training.distributed import (
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    rng_states_by_rank,
+    weighted_mean,
+    wrap_ddp,
+)
+from captioner.training.log import JsonlLogger, LossMeter
+from captioner.training.optimizer import make_optimizer
+from captioner.training.schedule import lr_at_step
+from captioner.training.unfreeze import (
+    describe_unfreeze,
+    set_trainable,
+    train_everything,
+    unfreeze_param_groups,
+    unfreeze_schedule,
+)
 
 N_SAMPLES = 3  # sample captions printed after each epoch
 
@@ -88,17 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_loss_fn(transform, label_smoothing: float) -> LossFn:
-    """The Trainer's loss function: normalise the batch's unique images, then teacher forcing."""
-
-    def loss_fn(model, batch):
-        images = transform(batch["images"])  # (U, 3, H, W) float
-        loss = teacher_forcing_loss(model, images, batch["tokens"], batch["image_index"], label_smoothing)
-        return loss, batch["tokens"].shape[0]
-
-    return loss_fn
-
-
 def epochs_since_best(history: list[dict]) -> int:
     """Epochs after the one with the best BLEU-4 (the first of equals): 0 when the last epoch is the best."""
     scores = [h["bleu4"] for h in history]
@@ -111,13 +120,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.pretrained and args.checkpoint:
         raise ValueError("use either -p (start from an MAE encoder) or -c (resume a captioner run), not both")
 
-    # ---- config, device, tokenizer -------------------------------------------------------------
+    # ---- 1. config, device, tokenizer -----------------------------------------------------------
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
     if cfg.data.on_device:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
     tokenizer = load_tokenizer(tokenizer_path)
     tokenizer_text = tokenizer_path.read_text(encoding="utf-8")
@@ -125,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise CheckpointError(f"{args.checkpoint}: the run was trained with another tokenizer than {tokenizer_path}; "
                               "resume it with the processed data it was started with")
 
-    # ---- model: the encoder from -p, from -c, or random with the encoder YAML's architecture ------
+    # ---- 2. model: the encoder from -p, from -c, or random with the encoder YAML's architecture -----
     max_len = max(cfg.data.max_caption_len, cfg.eval.max_len)  # positions fed in training and in decoding
     if resume is not None:
         raw_model = captioner_from_payload(resume, args.checkpoint, cfg.decoder, max_len)
@@ -141,83 +151,134 @@ def main(argv: list[str] | None = None) -> list[dict]:
         pretrained = None
     vit = raw_model.encoder.config
     extras = checkpoint_extras(vit, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text, pretrained)
-    raw_model.to(device)
-    unfreeze = cfg.unfreeze if pretrained else None  # from scratch: everything trains from the start
+    raw_model.to(device)  # raw_model is what the checkpoint stores; model (below) is what runs
     # One graph per freeze state: all frozen, then one more of the depth + 1 encoder groups each epoch.
-    model = maybe_compile(raw_model, cfg.train.compile, graph_variants=vit.depth + 2,
-                          mode=cfg.train.compile_mode)
+    compiled = maybe_compile(raw_model, cfg.train.compile, graph_variants=vit.depth + 2,
+                             mode=cfg.train.compile_mode)
 
-    # ---- data ----------------------------------------------------------------------------------
+    # ---- 3. data --------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
     # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
-    train_loader = get_coco_loader(cfg.data.processed_dir, "train", "caption", cfg.data.batch_size, shuffle=True,
-                                   seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
-                                   max_len=cfg.data.max_caption_len, group_by_image=True, **shard)
-    val_loader = get_coco_loader(cfg.data.processed_dir, "val", "caption", cfg.data.batch_size, shuffle=False,
-                                 num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
-                                 group_by_image=True, **shard)
-    bleu_loader = get_coco_loader(cfg.data.processed_dir, "val", "image_captions", cfg.data.batch_size,
-                                  shuffle=False, num_workers=cfg.data.num_workers)
+    train_loader = caption_loader(cfg.data.processed_dir, "train", cfg.data.batch_size, shuffle=True,
+                                  seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
+                                  max_len=cfg.data.max_caption_len, group_by_image=True, **shard)
+    val_loader = caption_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
+                                num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
+                                group_by_image=True, **shard)
+    bleu_loader = image_captions_loader(cfg.data.processed_dir, "val", cfg.data.batch_size,
+                                        num_workers=cfg.data.num_workers)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
                          f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
     transform = EvalTransform(vit.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
-    loss_fn = make_loss_fn(transform, cfg.label_smoothing)
 
-    # ---- optimiser, schedule, AMP scaler, resume ------------------------------------------------
+    # ---- 4. optimiser, gradient scaler, resume ----------------------------------------------------
+    # Every unfreeze group is in the optimiser from the start, named, so its learning-rate multiplier
+    # can be applied below; a frozen group's multiplier is 0.
     optimizer = make_optimizer(unfreeze_param_groups(raw_model, cfg.train.weight_decay), cfg.train.lr,
                                (cfg.train.beta1, cfg.train.beta2), device)
-    trainer = make_trainer(model, optimizer, cfg.train, steps_per_epoch, device, precision, run_dir,
-                           show_progress=not args.no_progress, dist=dist_info)
-    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint, dist_info)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping sees
+    scaler = make_grad_scaler(device, precision)  # fp16 only; a no-op in bf16 and fp32
+    start_epoch, step, history = resume_from(resume, raw_model, optimizer, scaler, args.checkpoint, dist_info)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+    average = all_reduce_mean if dist_info.distributed else None  # [distributed] losses of all processes
+    logger = JsonlLogger(run_dir / "log.jsonl") if dist_info.is_main else None  # [distributed] rank 0 writes
+    model = None  # compiled, and [distributed] wrapped in DDP for this epoch's freeze state
     n_params = sum(p.numel() for p in raw_model.parameters())
-    source = f"MAE encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
+    encoder_start = f"MAE encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
     if dist_info.is_main:  # [distributed]
-        print(f"captioner on {device} ({precision}) from {source}: {n_params / 1e6:.2f} M parameters, "
+        print(f"captioner on {device} ({precision}) from {encoder_start}: {n_params / 1e6:.2f} M parameters, "
               f"{len(train_loader.dataset)} training images, {steps_per_epoch} steps per epoch, "
               f"{cfg.train.epochs} epochs, run dir {run_dir}"
               + (f", {dist_info.world_size} processes" if dist_info.distributed else ""))
 
-    # ---- training loop -------------------------------------------------------------------------
+    # ---- 5. training loop -----------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.train.epochs):
         if cfg.eval.patience and epochs_since_best(history) >= cfg.eval.patience:
             if dist_info.is_main:  # [distributed]
                 print(f"stopping early: no better BLEU-4 for {cfg.eval.patience} epochs")
             break
         start = time.perf_counter()
-        states = apply_unfreeze(raw_model, optimizer, epoch, unfreeze)
+        # Layer-wise unfreezing: which encoder groups train this epoch, and at what fraction of the
+        # learning rate (a pure function of the epoch). From scratch, everything trains at full rate.
+        depth = vit.depth
+        if pretrained:
+            states = unfreeze_schedule(depth, epoch, cfg.unfreeze.start_epoch, cfg.unfreeze.decay)
+        else:
+            states = train_everything(depth)
+        set_trainable(raw_model, states)
         # [distributed] DDP averages the gradients of the parameters trainable when it was built: a new
         # wrapper when this epoch unfroze more (see wrap_ddp); the same model in a single process
-        trainer.model = wrap_ddp(model, dist_info, previous=trainer.model)
-        train_loader.batch_sampler.set_epoch(epoch)
-        train_loss = trainer.train_epoch(train_loader, loss_fn, epoch)
+        model = wrap_ddp(compiled, dist_info, previous=model)
+        model.train()
+        train_loader.batch_sampler.set_epoch(epoch)  # the epoch's order is a function of (seed, epoch)
+        meter = LossMeter(device, average)
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not show):
+            images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8, each image once
+            tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T) <sos> ... <eos> <pad>...
+            image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
+
+            # 5a. the learning rate of this step: warm-up, cosine decay, times each group's unfreeze multiplier
+            lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr * states[group["name"]].lr_scale
+
+            # 5b. forward pass and loss, under autocast: teacher forcing, the decoder reads the caption
+            # shifted right and predicts it shifted left
+            with autocast(device, precision):
+                x = transform(images)  # (U, 3, H, W) float, normalised
+                logits = model(x, tokens[:, :-1], src_index=image_index)  # (B, T-1, V)
+                loss = caption_loss(logits, tokens[:, 1:], cfg.label_smoothing)
+
+            # 5c. backward through the scaler, clip, optimiser step
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            # 5d. the log line: the loss stays on the device until a line is due (no host sync per step)
+            meter.add(loss, step, tokens.shape[0])
+            step += 1
+            if meter.window_steps == cfg.train.log_every:
+                window_loss, captions_per_s = meter.window(step)
+                if logger:
+                    logger.log(epoch=epoch, step=step, loss=window_loss, lr=lr, items_per_s=captions_per_s)
+        train_loss = meter.epoch_mean(step)
         train_seconds = time.perf_counter() - start
-        val_loss = trainer.evaluate(val_loader, loss_fn)
+
+        # ---- 6. validation: the loss on the validation captions, and BLEU-4 of beam-search captions --
+        val_loss = validation_loss(model, val_loader, transform, cfg.label_smoothing, device, precision,
+                                   dist_info, show)
         if not math.isfinite(val_loss):
             raise ValueError(f"the validation loss of epoch {epoch + 1} is {val_loss}; not saving this epoch")
         bleu4 = None
         if dist_info.is_main:  # [distributed] rank 0 captions alone; the others wait for its BLEU-4
             hypotheses = caption_images(raw_model, bleu_loader, tokenizer, transform, device, precision,
                                         cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.max_len,
-                                        limit=cfg.eval.bleu_images, progress=not args.no_progress)
+                                        limit=cfg.eval.bleu_images, progress=show)
             references = reference_captions(bleu_loader.dataset, hypotheses)
             bleu4 = evaluate_captions(references, hypotheses)["BLEU-4"]
         bleu4 = broadcast_object(bleu4, dist_info)  # [distributed] early stopping needs it on every process
 
-        # ---- checkpointing ---------------------------------------------------------------------
+        # ---- 7. checkpoint and log: rank 0 writes, the others wait at the barrier ----------------------
         # [distributed] captions_per_s counts the captions of all processes
-        record = {"epoch": epoch + 1, "step": trainer.step, "train_loss": train_loss, "val_loss": val_loss,
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
                   "bleu4": bleu4,
                   "captions_per_s": steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
                   "seconds": time.perf_counter() - start}
         history.append(record)
-        payload = training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history, **extras,
-                                 **rng_states_by_rank(dist_info))  # [distributed] every process's RNG states
-        if dist_info.is_main:  # [distributed] rank 0 writes; the others wait at the barrier
-            trainer.logger.log(**record)
+        payload = training_state(raw_model, optimizer, scaler, step, epoch + 1, KIND, config_to_dict(cfg), history,
+                                 **extras, **rng_states_by_rank(dist_info))  # [distributed] every process's RNG
+        if dist_info.is_main:  # [distributed]
+            logger.log(**record)
+            write_curves(run_dir / "log.jsonl", run_dir / "curves.png")
             path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
             best = epochs_since_best(history) == 0
             if best:
@@ -230,6 +291,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
         barrier()  # [distributed]
     cleanup()  # [distributed]
     return history
+
+
+@torch.no_grad()
+def validation_loss(model, loader, transform, label_smoothing: float, device: torch.device, precision: str,
+                    dist_info, show: bool) -> float:
+    """The mean teacher-forcing loss per caption over ``loader`` in eval mode; [distributed] over every
+    process's share."""
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    for batch in tqdm(loader, desc="validation", leave=False, disable=not show):
+        images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8
+        tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T)
+        image_index = batch["image_index"].to(device, non_blocking=True)  # (B,)
+        with autocast(device, precision):
+            logits = model(transform(images), tokens[:, :-1], src_index=image_index)  # (B, T-1, V)
+            loss = caption_loss(logits, tokens[:, 1:], label_smoothing)
+        total += loss.detach().float() * tokens.shape[0]
+        count += tokens.shape[0]
+    return weighted_mean(total, count, dist_info)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ model, optimiser, scaler and RNG states, so ``-c checkpointK.pt`` repeats what a
 would have done.
 
 Several GPUs: ``torchrun --nproc_per_node=N train_encoder.py ...`` trains with DistributedDataParallel
-(``captioner/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
+(``captioner/training/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
 """
 
 from __future__ import annotations
@@ -26,24 +26,32 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
-from captioner.coco_loader import get_coco_loader, to_tensors
 from captioner.config import EncoderRunConfig, config_to_dict
-from captioner.distributed import barrier, cleanup, init_distributed, rng_states_by_rank, wrap_ddp
-from captioner.image_captioner import ImageAutoEncoder
-from captioner.image_transforms import EvalTransform, MAETrainTransform
-from captioner.run_setup import make_trainer, resume_from, setup_device
-from captioner.training import (
-    LossFn,
-    checkpoint_path,
-    make_optimizer,
-    maybe_compile,
-    param_groups,
-    save_checkpoint,
-    training_state,
+from captioner.data.datasets import to_tensors
+from captioner.data.loaders import image_loader
+from captioner.data.transforms import EvalTransform, MAETrainTransform
+from captioner.evaluation.curves import write_curves
+from captioner.evaluation.pictures import mae_reconstruction_figure, save_png
+from captioner.infra.compile import maybe_compile
+from captioner.infra.device_loader import device_image_loader
+from captioner.models.mae import MaskedAutoencoder
+from captioner.training.checkpoints import checkpoint_path, resume_from, save_checkpoint, training_state
+from captioner.training.devices import autocast, make_grad_scaler, setup_device
+from captioner.training.distributed import (
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    rng_states_by_rank,
+    weighted_mean,
+    wrap_ddp,
 )
-from captioner.visualize import mae_reconstruction_figure, save_png
+from captioner.training.log import JsonlLogger, LossMeter
+from captioner.training.optimizer import make_optimizer, param_groups
+from captioner.training.schedule import lr_at_step
 
 KIND = "mae"  # the checkpoint kind; train_captioner.py -p expects it
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1  # keep the training and validation random streams apart
@@ -73,39 +81,40 @@ def seeded_generator(device: torch.device, *entropy: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def make_loss_fn(transform, generator: torch.Generator, num_patches: int) -> LossFn:
-    """The Trainer's loss function: transform the uint8 batch, draw the masking noise, run MAE.
+def mae_loss(model, transform, images: torch.Tensor, generator: torch.Generator, num_patches: int) -> torch.Tensor:
+    """The MAE loss of a uint8 batch: transform it (crop and flip in training), draw the masking noise, run MAE.
 
     The noise is drawn here, not inside the model, so that a compiled model sees plain tensors.
     """
-
-    def loss_fn(model, batch):
-        images = transform(batch["images"], generator)  # (B, 3, H, W) float
-        noise = torch.rand(images.shape[0], num_patches, generator=generator, device=generator.device)  # (B, L)
-        loss, _, _ = model(images, noise=noise.to(images.device))
-        return loss, images.shape[0]
-
-    return loss_fn
+    x = transform(images, generator)  # (B, 3, H, W) float
+    noise = torch.rand(x.shape[0], num_patches, generator=generator, device=generator.device)  # (B, L)
+    loss, _, _ = model(x, noise=noise.to(x.device))
+    return loss
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Train (or continue training) and return the per-epoch history."""
     args = build_parser().parse_args(argv)
 
-    # ---- config and device -------------------------------------------------------------------
+    # ---- 1. config and device -------------------------------------------------------------------
     cfg, resume = resolve_run_config(args, EncoderRunConfig, kind=KIND)
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
 
-    # ---- data ----------------------------------------------------------------------------------
+    # ---- 2. data --------------------------------------------------------------------------------
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
-    # data.on_device: the whole uint8 cache is copied to the device once and batches are gathered there
-    source = {"on_device": device, "show_progress": not args.no_progress and dist_info.is_main} \
-        if cfg.data.on_device else {"num_workers": cfg.data.num_workers}  # [distributed] one progress bar
-    train_loader = get_coco_loader(cfg.data.processed_dir, cfg.splits, "image", cfg.data.batch_size, shuffle=True,
-                                   seed=cfg.train.seed, drop_last=True, **source, **shard)
-    val_loader = get_coco_loader(cfg.data.processed_dir, "val", "image", cfg.data.batch_size, shuffle=False,
-                                 **source, **shard)
+    if cfg.data.on_device:  # the whole uint8 cache copied to the device once; batches gathered there
+        train_loader = device_image_loader(cfg.data.processed_dir, cfg.splits, cfg.data.batch_size, shuffle=True,
+                                           device=device, seed=cfg.train.seed, drop_last=True, show_progress=show,
+                                           **shard)
+        val_loader = device_image_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
+                                         device=device, show_progress=show, **shard)
+    else:
+        train_loader = image_loader(cfg.data.processed_dir, cfg.splits, cfg.data.batch_size, shuffle=True,
+                                    seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True, **shard)
+        val_loader = image_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
+                                  num_workers=cfg.data.num_workers, **shard)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training images ({len(train_loader.dataset)}) "
@@ -115,17 +124,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     train_transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
     eval_transform = EvalTransform(size)
     n_pictures = min(cfg.n_reconstructions, len(val_loader.dataset))
-    picture_images = to_tensors(val_loader.dataset.__getitems__(list(range(n_pictures))))["images"]
+    picture_images = to_tensors(val_loader.dataset.get_batch(range(n_pictures)))["images"]  # (n, 3, S, S) uint8
 
-    # ---- model, optimiser, schedule, AMP scaler -------------------------------------------------
-    raw_model = ImageAutoEncoder(cfg.model, cfg.mae).to(device)
-    model = maybe_compile(raw_model, cfg.train.compile, mode=cfg.train.compile_mode)
-    model = wrap_ddp(model, dist_info)  # [distributed] DDP averages gradients
+    # ---- 3. model, optimiser, gradient scaler, resume --------------------------------------------
+    raw_model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)  # what the checkpoint stores; model is what runs
+    compiled = maybe_compile(raw_model, cfg.train.compile, mode=cfg.train.compile_mode)
+    model = wrap_ddp(compiled, dist_info)  # [distributed] DDP averages the gradients
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay),
                                cfg.train.lr, (cfg.train.beta1, cfg.train.beta2), device)
-    trainer = make_trainer(model, optimizer, cfg.train, steps_per_epoch, device, precision, run_dir,
-                           show_progress=not args.no_progress, dist=dist_info)
-    start_epoch, history = resume_from(resume, trainer, raw_model, args.checkpoint, dist_info)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping sees
+    scaler = make_grad_scaler(device, precision)  # fp16 only; a no-op in bf16 and fp32
+    start_epoch, step, history = resume_from(resume, raw_model, optimizer, scaler, args.checkpoint, dist_info)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup_steps = round(cfg.train.warmup_epochs * steps_per_epoch)
+    average = all_reduce_mean if dist_info.distributed else None  # [distributed] losses of all processes
+    logger = JsonlLogger(run_dir / "log.jsonl") if dist_info.is_main else None  # [distributed] rank 0 writes
     n_params = sum(p.numel() for p in raw_model.parameters())
     if dist_info.is_main:  # [distributed]
         print(f"MAE on {device} ({precision}): {n_params / 1e6:.2f} M parameters, {len(train_loader.dataset)} training "
@@ -133,34 +146,65 @@ def main(argv: list[str] | None = None) -> list[dict]:
               + (f", {dist_info.world_size} processes" if dist_info.distributed else "")
               + (f", the images in {device.type} memory" if cfg.data.on_device else ""))
 
-    # ---- training loop -------------------------------------------------------------------------
+    # ---- 4. training loop -----------------------------------------------------------------------
     for epoch in range(start_epoch, cfg.train.epochs):
         start = time.perf_counter()
-        train_loader.batch_sampler.set_epoch(epoch)
-        # [distributed] each process its own crops and masks (the rank's); see seeded_generator
-        train_fn = make_loss_fn(train_transform,
-                                seeded_generator(device, cfg.train.seed, TRAIN_STREAM, epoch, dist_info.rank),
-                                raw_model.num_patches)
-        train_loss = trainer.train_epoch(train_loader, train_fn, epoch)
+        model.train()
+        train_loader.batch_sampler.set_epoch(epoch)  # the epoch's order is a function of (seed, epoch)
+        # the crops, flips and masks of this epoch; [distributed] each process its own (the rank's)
+        generator = seeded_generator(device, cfg.train.seed, TRAIN_STREAM, epoch, dist_info.rank)
+        meter = LossMeter(device, average)
+        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not show):
+            images = batch["images"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+
+            # 4a. the learning rate of this step: warm-up, then cosine decay
+            lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # 4b. forward pass and loss, under autocast
+            with autocast(device, precision):
+                loss = mae_loss(model, train_transform, images, generator, raw_model.num_patches)
+
+            # 4c. backward through the scaler, clip, optimiser step
+            scaler.scale(loss).backward()
+            if cfg.train.grad_clip > 0:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+
+            # 4d. the log line: the loss stays on the device until a line is due (no host sync per step)
+            meter.add(loss, step, images.shape[0])
+            step += 1
+            if meter.window_steps == cfg.train.log_every:
+                window_loss, images_per_s = meter.window(step)
+                if logger:
+                    logger.log(epoch=epoch, step=step, loss=window_loss, lr=lr, items_per_s=images_per_s)
+        train_loss = meter.epoch_mean(step)
         train_seconds = time.perf_counter() - start
+
+        # ---- 5. validation: the same loss on the validation images, with fixed masks --------------
         val_generator = seeded_generator(device, cfg.train.seed, VALIDATION_STREAM, dist_info.rank)  # [distributed]
-        val_fn = make_loss_fn(eval_transform, val_generator, raw_model.num_patches)
-        val_loss = trainer.evaluate(val_loader, val_fn)
+        val_loss = validation_loss(model, val_loader, eval_transform, val_generator, raw_model.num_patches,
+                                   device, precision, dist_info, show)
         if not math.isfinite(val_loss):
             raise ValueError(f"the validation loss of epoch {epoch + 1} is {val_loss}; not saving this epoch")
 
-        # ---- checkpointing (and the picture): rank 0 writes, the others wait at the barrier ------
+        # ---- 6. checkpoint, log and pictures: rank 0 writes, the others wait at the barrier -------
         if dist_info.is_main:  # [distributed]
             picture = _reconstruction_picture(raw_model, eval_transform, picture_images, device, cfg.train.seed)
             save_png(picture, run_dir / f"reconstruction{epoch + 1}.png")
         images_per_s = steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds  # all processes
-        record = {"epoch": epoch + 1, "step": trainer.step, "train_loss": train_loss, "val_loss": val_loss,
+        record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
                   "images_per_s": images_per_s, "seconds": time.perf_counter() - start}
         history.append(record)
-        payload = training_state(trainer, raw_model, epoch + 1, KIND, config_to_dict(cfg), history,
+        payload = training_state(raw_model, optimizer, scaler, step, epoch + 1, KIND, config_to_dict(cfg), history,
                                  **rng_states_by_rank(dist_info))  # [distributed] every process's RNG states
         if dist_info.is_main:  # [distributed]
-            trainer.logger.log(**record)
+            logger.log(**record)
+            write_curves(run_dir / "log.jsonl", run_dir / "curves.png")
             path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
             print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                   f"{images_per_s:.0f} images/s  {record['seconds']:.1f} s  -> {path}")
@@ -169,7 +213,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return history
 
 
-def _reconstruction_picture(model: ImageAutoEncoder, transform, images: torch.Tensor, device: torch.device,
+@torch.no_grad()
+def validation_loss(model, loader, transform, generator: torch.Generator, num_patches: int, device: torch.device,
+                    precision: str, dist_info, show: bool) -> float:
+    """The mean MAE loss over ``loader`` in eval mode; [distributed] over every process's share."""
+    model.eval()
+    total, count = torch.zeros((), device=device), 0
+    for batch in tqdm(loader, desc="validation", leave=False, disable=not show):
+        images = batch["images"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+        with autocast(device, precision):
+            loss = mae_loss(model, transform, images, generator, num_patches)
+        total += loss.detach().float() * images.shape[0]
+        count += images.shape[0]
+    return weighted_mean(total, count, dist_info)
+
+
+def _reconstruction_picture(model: MaskedAutoencoder, transform, images: torch.Tensor, device: torch.device,
                             seed: int):
     """The PNG's content for uint8 ``images`` (n, 3, S, S), with the same masks every epoch."""
     model.eval()

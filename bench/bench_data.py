@@ -9,7 +9,7 @@ Sections (one function each, all returning `Row`s):
 - pre-resize: images/s of `build_image_cache` (what process_coco.py runs: decode, resize,
   centre-crop, write into the uint8 cache) on generated 640 x 480 JPEGs, against decoding
   them alone with PIL.
-- loader: images/s and captions/s of `get_coco_loader` from a 256 px and a 64 px uint8 cache,
+- loader: images/s and captions/s of `caption_loader` and `image_loader` from a 256 px and a 64 px uint8 cache,
   against copying the same cache batch by batch in order from its memmap.
 
 Usage: python bench/bench_data.py [--captions 600000] [--vocab-size 5000] [--jpegs 2000]
@@ -33,15 +33,14 @@ from PIL import Image
 # Run as a script from anywhere: make the repository root importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from captioner.coco_data import (  # noqa: E402
-    FORMAT_VERSION,
-    SplitData,
-    build_image_cache,
-    write_json,
-    write_split_json,
-)
-from captioner.coco_loader import get_coco_loader  # noqa: E402
-from captioner.tokenizers import count_words, train_tokenizer  # noqa: E402
+
+from captioner.data.coco_annotations import SplitData
+from captioner.data.image_cache import build_image_cache
+from captioner.data.loaders import caption_loader, image_loader
+from captioner.data.processed import FORMAT_VERSION, write_split_json
+from captioner.infra.fileio import write_json
+from captioner.text.normalize import count_words
+from captioner.text.tokenizers import train_tokenizer
 
 
 @dataclass
@@ -161,7 +160,7 @@ def make_processed(folder: Path, n_images: int, size: int, seed: int = 0) -> Pat
 
 
 def loader_section(folder: Path, n_images: int, size: int, batch_size: int, epochs: int = 3) -> list[Row]:
-    """Throughput of get_coco_loader (shuffled, batches of `batch_size` images or captions, in the
+    """Throughput of the loaders (shuffled, batches of `batch_size` images or captions, in the
     main process) from the uint8 cache, against copying the memmap in order, batch by batch.
 
     Each measurement runs `epochs` shuffled epochs over a cache already in the page cache (just
@@ -179,8 +178,10 @@ def loader_section(folder: Path, n_images: int, size: int, batch_size: int, epoc
     rows = [Row("loader", f"memmap slice copy {size}px (reference)", reference, cpu, epochs * n_images,
                 "images", reference)]
     for kind, group, unit in (("image", False, "images"), ("caption", False, "captions"), ("caption", True, "captions")):
-        loader = get_coco_loader(processed, "train", kind, batch_size, shuffle=True, max_len=32,
-                                 group_by_image=group)
+        if kind == "image":
+            loader = image_loader(processed, "train", batch_size, shuffle=True)
+        else:
+            loader = caption_loader(processed, "train", batch_size, shuffle=True, max_len=32, group_by_image=group)
 
         def run_epochs():
             count = 0

@@ -26,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from captioner.caption_decoder import CaptionDecoder  # noqa: E402
+from captioner.models.caption_decoder import CaptionDecoder  # noqa: E402
 from transformer_components import MultiHeadAttention, TransformerEncoderDecoder  # noqa: E402
 
 PAD, SOS, EOS = 0, 1, 2

@@ -27,13 +27,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere, no install
 
-from captioner.captioning import build_captioner, load_captioner  # noqa: E402  (needs the path above)
-from captioner.coco_loader import get_coco_loader  # noqa: E402
-from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_from_dict, load_config  # noqa: E402
-from captioner.image_transforms import EvalTransform  # noqa: E402
-from captioner.metrics import bleu, cider_d  # noqa: E402
-from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID, load_tokenizer  # noqa: E402
-from captioner.training import autocast, resolve_device, resolve_precision  # noqa: E402
+from captioner.config import (
+    CaptionerRunConfig,
+    EncoderRunConfig,
+    config_from_dict,
+    load_config,
+)
+from captioner.data.loaders import image_captions_loader
+from captioner.data.transforms import EvalTransform  # noqa: E402
+from captioner.evaluation.metrics import bleu, cider_d
+from captioner.models.captioner import build_captioner, load_captioner
+from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID, load_tokenizer
+from captioner.training.devices import autocast, resolve_device, resolve_precision
 
 N_IMAGES, N_REFS, REPEATS = 5000, 5, 3
 TARGET_SECONDS = {"BLEU-1..4": 1.0, "CIDEr-D": 2.0}  # issue 6
@@ -177,7 +182,7 @@ def beam_rows(device_name: str = "auto", checkpoint: str | None = None, n_images
     precision = resolve_precision("auto", device)
     model, cfg, source = shapes_captioner(checkpoint, device)
     processed = ROOT / cfg.data.processed_dir  # an absolute processed_dir stays as it is
-    loader = get_coco_loader(processed, "val", "image_captions", cfg.data.batch_size, shuffle=False)
+    loader = image_captions_loader(processed, "val", cfg.data.batch_size)
     limit = min(n_images or len(loader.dataset), len(loader.dataset))
     alpha, max_len = cfg.eval.alpha, cfg.eval.max_len
 

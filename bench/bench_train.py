@@ -1,15 +1,15 @@
 """Training throughput benchmark; prints one table.
 
 Sections (one function each, all returning `Row`s):
-- mae: images/s of train_encoder.py's training step (forward, backward, AdamW, through the shared
-  Trainer) on batches already on the device, of the data pipeline alone (get_coco_loader + copy to
-  the device + MAETrainTransform), and of the whole step with the data pipeline included (the real
+- mae: images/s of train_encoder.py's training step (forward, backward, AdamW, as the script's loop
+  runs it: see `train_steps`) on batches already on the device, of the data pipeline alone
+  (image_loader + copy to the device + MAETrainTransform), and of the whole step with the data pipeline included (the real
   loop), each with the images read from the host by the DataLoader and with the whole uint8 cache
   in device memory (``data.on_device``, DeviceImageLoader). Ratios are against the training step
   alone. On CUDA, also the model-FLOPs utilisation (matmul FLOPs of flops_per_image, x3 for forward
   + backward) against the GPU's dense bf16 peak.
 - captioner: captions/s of train_captioner.py's training step (teacher forcing, each image encoded
-  once for its 5 captions, backward, AdamW, through the shared Trainer) with the encoder frozen
+  once for its 5 captions, backward, AdamW, as the script's loop runs it) with the encoder frozen
   (the first epochs from an MAE encoder) and unfrozen (every layer training, as at the end of
   layer-wise unfreezing or from scratch), and (without --compile) the unfrozen step as it was before
   the decoder shared each image's cross-attention keys/values among its captions. Ratios are
@@ -48,32 +48,41 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_data import make_processed  # noqa: E402
-from captioner.captioning import build_captioner, caption_loss  # noqa: E402
-from captioner.coco_loader import get_coco_loader  # noqa: E402
+from bench.flops import flops_per_image  # noqa: E402
 from captioner.config import (  # noqa: E402
     COMPILE_MODES,
     CaptionerRunConfig,
     EncoderRunConfig,
     TrainConfig,
-    UnfreezeConfig,
     load_config,
 )
-from captioner.image_captioner import ImageAutoEncoder, flops_per_image  # noqa: E402
-from captioner.image_transforms import EvalTransform, MAETrainTransform  # noqa: E402
-from captioner.tokenizers import EOS_ID, SOS_ID  # noqa: E402
-from captioner.training import (  # noqa: E402
-    Trainer,
+from captioner.data.loaders import image_loader  # noqa: E402
+from captioner.data.transforms import EvalTransform, MAETrainTransform  # noqa: E402
+from captioner.infra.compile import maybe_compile  # noqa: E402
+from captioner.infra.device_loader import device_image_loader  # noqa: E402
+from captioner.models.captioner import (  # noqa: E402
+    build_captioner,
+    caption_loss,
+    teacher_forcing_loss,
+)
+from captioner.models.mae import MaskedAutoencoder  # noqa: E402
+from captioner.text.tokenizers import EOS_ID, SOS_ID  # noqa: E402
+from captioner.training.devices import (  # noqa: E402
+    autocast,
     make_grad_scaler,
-    make_optimizer,
-    maybe_compile,
-    param_groups,
     resolve_device,
     resolve_precision,
-    to_device,
 )
-from captioner.unfreeze import apply_unfreeze, unfreeze_param_groups  # noqa: E402
-from train_captioner import make_loss_fn as make_caption_loss_fn  # noqa: E402
-from train_encoder import TRAIN_STREAM, make_loss_fn, seeded_generator  # noqa: E402
+from captioner.training.log import LossMeter  # noqa: E402
+from captioner.training.optimizer import make_optimizer, param_groups  # noqa: E402
+from captioner.training.unfreeze import (  # noqa: E402
+    GroupState,
+    set_trainable,
+    train_everything,
+    unfreeze_param_groups,
+    unfreeze_schedule,
+)
+from train_encoder import TRAIN_STREAM, mae_loss, seeded_generator  # noqa: E402
 
 PRESETS = {"shapes": ROOT / "configs" / "shapes_encoder.yaml", "coco": ROOT / "configs" / "coco_encoder.yaml"}
 CAPTIONER_PRESETS = {"shapes": ROOT / "configs" / "shapes_captioner.yaml",
@@ -128,11 +137,48 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def bench_trainer(model, optimizer, train: TrainConfig, device: torch.device, precision: str) -> Trainer:
-    """The scripts' Trainer on the (compiled, per ``train``) model, at a constant lr, without logging."""
-    return Trainer(maybe_compile(model, train.compile, mode=train.compile_mode), optimizer,
-                   make_grad_scaler(device, precision), device, precision, lambda step: train.lr,
-                   grad_clip=train.grad_clip, log_every=10**9, show_progress=False)
+def train_steps(model, optimizer, scaler: torch.amp.GradScaler, train: TrainConfig, device: torch.device,
+                precision: str, batches, loss_fn, states: dict[str, GroupState] | None = None) -> float:
+    """One training step per batch, as train_encoder.py and train_captioner.py run it; the mean loss.
+
+    Per step: each optimiser group's lr (``train.lr``, constant here, times its unfreeze group's
+    multiplier in ``states``; 1 without), the forward pass and ``loss_fn(model, batch) -> (loss,
+    items)`` under autocast, backward through the gradient scaler, clipping of the unscaled
+    gradients, the optimiser step, ``zero_grad``, and the loss added to a LossMeter on the device.
+    No log lines: the one host read is the mean at the end (which also stops on a non-finite loss).
+    ``model`` is what runs (compiled per ``train``, see :func:`make_model_step`).
+    """
+    model.train()
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping sees
+    meter = LossMeter(device)
+    step = 0
+    for batch in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = train.lr * (states[group["name"]].lr_scale if states else 1.0)
+        with autocast(device, precision):
+            loss, n_items = loss_fn(model, batch)
+        scaler.scale(loss).backward()
+        if train.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(parameters, train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, step, n_items)
+        step += 1
+    return meter.epoch_mean(step)
+
+
+def make_model_step(model, optimizer, train: TrainConfig, device: torch.device, precision: str):
+    """``run(batches, loss_fn, states=None)``: :func:`train_steps` on the (compiled, per ``train``)
+    model with the scripts' gradient scaler (fp16 only)."""
+    compiled = maybe_compile(model, train.compile, mode=train.compile_mode)
+    scaler = make_grad_scaler(device, precision)
+
+    def run(batches, loss_fn, states: dict[str, GroupState] | None = None) -> float:
+        return train_steps(compiled, optimizer, scaler, train, device, precision, batches, loss_fn, states)
+
+    return run
 
 
 def compile_text(train: TrainConfig) -> str:
@@ -151,10 +197,10 @@ def mae_section(args, device: torch.device) -> list[Row]:
           f"{workers} loader workers, {args.warmup} warm-up + {args.steps} timed steps")
 
     torch.manual_seed(0)
-    model = ImageAutoEncoder(cfg.model, cfg.mae).to(device)
+    model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)
     optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
                                (cfg.train.beta1, cfg.train.beta2), device)
-    trainer = bench_trainer(model, optimizer, cfg.train, device, precision)
+    run = make_model_step(model, optimizer, cfg.train, device, precision)
     transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
     generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
     L = model.num_patches
@@ -167,34 +213,37 @@ def mae_section(args, device: torch.device) -> list[Row]:
     def step_only(model_, batch):
         return model_(batch["images"], noise=batch["noise"])[0], B
 
-    trainer.train_epoch([ready[i % 4] for i in range(args.warmup)], step_only, epoch=0)
-    step_s = timed(lambda: trainer.train_epoch([ready[i % 4] for i in range(args.steps)], step_only, epoch=1), device)
+    run([ready[i % 4] for i in range(args.warmup)], step_only)
+    step_s = timed(lambda: run([ready[i % 4] for i in range(args.steps)], step_only), device)
     step_ips = args.steps * B / step_s
     # about what a run of the preset needs at this batch size (plus the 4 prepared batches), before the data
     # rows copy images to the device
     print_peak_memory("MAE training step", device)
     if args.profile:
-        print_profile(lambda: trainer.train_epoch([ready[i % 4] for i in range(3)], step_only, epoch=1), device)
+        print_profile(lambda: run([ready[i % 4] for i in range(3)], step_only), device)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         processed = make_processed(Path(tmp), B * args.steps, size)
-        loader = get_coco_loader(processed, ["train"], "image", B, shuffle=True, num_workers=workers, drop_last=True)
-        loss_fn = make_loss_fn(transform, generator, L)
+        loader = image_loader(processed, ["train"], B, shuffle=True, num_workers=workers, drop_last=True)
+
+        def loss_fn(model_, batch):  # the script's step: copy the uint8 batch, transform, mask, MAE
+            images = batch["images"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+            return mae_loss(model_, transform, images, generator, L), images.shape[0]
+
         # the same batches from a copy of the whole cache in device memory (data.on_device)
-        device_loader = get_coco_loader(processed, ["train"], "image", B, shuffle=True, drop_last=True,
-                                        on_device=device)
+        device_loader = device_image_loader(processed, ["train"], B, shuffle=True, drop_last=True, device=device)
         seconds = {}
         for name, source in (("host", loader), ("device", device_loader)):
 
             def data_only(source=source):
                 for batch in source:
-                    transform(to_device(batch, device)["images"], generator)
+                    transform(batch["images"].to(device, non_blocking=True), generator)
 
             data_only()  # warm-up: worker start, page cache
             seconds["data", name] = timed(data_only, device)
-            trainer.train_epoch(source, loss_fn, epoch=2)  # warm-up of the whole loop
-            seconds["whole", name] = timed(lambda source=source: trainer.train_epoch(source, loss_fn, epoch=3), device)
+            run(source, loss_fn)  # warm-up of the whole loop
+            seconds["whole", name] = timed(lambda source=source: run(source, loss_fn), device)
         del device_loader
 
     peak = peak_tflops(device, args.peak_tflops)
@@ -231,9 +280,13 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     model = build_captioner(vit, cfg.decoder, V, max(T, cfg.data.max_caption_len)).to(device)
     optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
                                (cfg.train.beta1, cfg.train.beta2), device)
-    trainer = bench_trainer(model, optimizer, cfg.train, device, precision)
+    run = make_model_step(model, optimizer, cfg.train, device, precision)
     transform = EvalTransform(vit.image_size)
-    loss_fn = make_caption_loss_fn(transform, cfg.label_smoothing)
+
+    def loss_fn(model_, batch):  # the script's step: normalise the unique images, then teacher forcing
+        loss = teacher_forcing_loss(model_, transform(batch["images"]), batch["tokens"], batch["image_index"],
+                                    cfg.label_smoothing)
+        return loss, batch["tokens"].shape[0]
 
     def make_batch() -> dict:
         tokens = torch.randint(EOS_ID + 2, V, (B, T), device=device)  # (B, T) no special ids inside
@@ -245,15 +298,17 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     batches = [make_batch() for _ in range(4)]
     peak = peak_tflops(device, args.peak_tflops)
     rows = []
-    # epoch 0 of a schedule starting at epoch 1: the whole encoder frozen; None: everything trains
-    for name, unfreeze in (("encoder frozen", UnfreezeConfig(start_epoch=1)), ("encoder unfrozen", None)):
-        apply_unfreeze(model, optimizer, 0, unfreeze)
+    # epoch 0 of a schedule starting at epoch 1: the whole encoder frozen; then everything trains
+    frozen = unfreeze_schedule(vit.depth, 0, start_epoch=1, decay=cfg.unfreeze.decay)
+    unfrozen = train_everything(vit.depth)
+    for name, states in (("encoder frozen", frozen), ("encoder unfrozen", unfrozen)):
+        set_trainable(model, states)
         with FlopCounterMode(display=False) as counter:  # one forward + backward of the uncompiled model
             loss_fn(model, batches[0])[0].backward()
         optimizer.zero_grad(set_to_none=True)
         step_flops = counter.get_total_flops()
-        trainer.train_epoch([batches[i % 4] for i in range(args.warmup)], loss_fn, epoch=0)
-        seconds = timed(lambda: trainer.train_epoch([batches[i % 4] for i in range(args.steps)], loss_fn, epoch=1),
+        run([batches[i % 4] for i in range(args.warmup)], loss_fn, states)
+        seconds = timed(lambda states=states: run([batches[i % 4] for i in range(args.steps)], loss_fn, states),
                         device)
         mfu = None if peak is None else step_flops * args.steps / seconds / (peak * 1e12)
         reference = rows[0].images_per_s if rows else args.steps * B / seconds
@@ -273,9 +328,9 @@ def captioner_section(args, device: torch.device) -> list[Row]:
         print(f"FLOPs of one unfrozen step (forward + backward): {step_flops / 1e9:.2f} G with the keys/values "
               f"shared per image, {counter.get_total_flops() / 1e9:.2f} G projected per caption "
               f"({1 - step_flops / counter.get_total_flops():.0%} fewer)")
-        trainer.train_epoch([batches[i % 4] for i in range(args.warmup)], per_caption_loss, epoch=0)
-        seconds = timed(lambda: trainer.train_epoch([batches[i % 4] for i in range(args.steps)], per_caption_loss,
-                                                    epoch=1), device)
+        run([batches[i % 4] for i in range(args.warmup)], per_caption_loss, unfrozen)
+        seconds = timed(lambda: run([batches[i % 4] for i in range(args.steps)], per_caption_loss, unfrozen),
+                        device)
         rows.append(Row("captioner", "unfrozen, K/V per caption (old)", seconds, args.steps * B,
                         rows[0].images_per_s, None, "captions"))
     return rows

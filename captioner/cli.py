@@ -11,7 +11,8 @@ import sys
 from typing import Callable, TypeVar
 
 from captioner.config import ConfigError, apply_overrides, config_from_dict, load_config
-from captioner.training import CheckpointError, NonFiniteLossError, load_checkpoint
+from captioner.training.checkpoints import CheckpointError, load_checkpoint
+from captioner.training.log import NonFiniteLossError
 
 C = TypeVar("C")
 

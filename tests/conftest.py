@@ -1,7 +1,13 @@
 """Fixtures shared by the whole test suite."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# bench/ holds the FLOP counters (bench/flops.py), which the MAE tests check against PyTorch's counter
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 
 @pytest.fixture(autouse=True, scope="session")

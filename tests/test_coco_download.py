@@ -7,12 +7,20 @@ import stat
 import zipfile
 
 import pytest
+from http_server import FileServer
 from PIL import Image
 
-from captioner.coco_download import (COCO_FILES, DownloadError, RemoteFile, check_zip, download_file, fetch_coco,
-                                     is_extracted, safe_extract)
-from captioner.image_io import load_image_rgb
-from http_server import FileServer
+from captioner.data.image_io import load_image_rgb
+from captioner.infra.download import (
+    COCO_FILES,
+    DownloadError,
+    RemoteFile,
+    check_zip,
+    download_file,
+    fetch_coco,
+    is_extracted,
+    safe_extract,
+)
 
 DATA = random.Random(0).randbytes(300_000)
 FAST = dict(backoff=0.001, chunk_size=16_384)

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,22 @@ from torch import nn
 import process_coco
 import train_captioner
 import train_encoder
-from captioner.captioning import build_captioner, teacher_forcing_loss
-from captioner.coco_loader import EpochBatchSampler
-from captioner.config import CaptionDecoderConfig, TrainConfig, UnfreezeConfig, ViTConfig
-from captioner.distributed import (
+from captioner.config import (
+    CaptionDecoderConfig,
+    TrainConfig,
+    UnfreezeConfig,
+    ViTConfig,
+)
+from captioner.data.loaders import EpochBatchSampler
+from captioner.models.captioner import build_captioner, teacher_forcing_loss
+from captioner.training.checkpoints import (
+    load_checkpoint,
+    resume_from,
+    save_checkpoint,
+    training_state,
+)
+from captioner.training.devices import make_grad_scaler
+from captioner.training.distributed import (
     DistInfo,
     all_reduce_mean,
     barrier,
@@ -33,23 +46,21 @@ from captioner.distributed import (
     init_distributed,
     launched_by_torchrun,
     rng_states_by_rank,
+    weighted_mean,
     wrap_ddp,
 )
-from captioner.run_setup import make_trainer, resume_from
-from captioner.training import (
-    NonFiniteLossError,
-    load_checkpoint,
-    make_optimizer,
-    param_groups,
-    save_checkpoint,
-    training_state,
-)
-from captioner.unfreeze import apply_unfreeze, unfreeze_param_groups
+from captioner.training.log import JsonlLogger, LossMeter, NonFiniteLossError
+from captioner.training.optimizer import make_optimizer, param_groups
+from captioner.training.schedule import lr_at_step
+from captioner.training.unfreeze import set_trainable, unfreeze_schedule
 
 WORLD = 2
 TIMEOUT_S = 120
 BATCH = 8  # the single process's batch; each of the two processes takes BATCH // WORLD
 N_SAMPLES = 16  # two steps per epoch
+STEPS_PER_EPOCH = N_SAMPLES // BATCH
+CPU = torch.device("cpu")
+SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, is_main=True, device=CPU)  # a plain (not torchrun) run
 TOY_TRAIN = TrainConfig(epochs=2, lr=0.05, min_lr=0.01, warmup_epochs=0.0, log_every=1, grad_clip=1.0)
 CONFIGS = Path(train_encoder.__file__).parent / "configs"
 TINY_ENCODER = [  # a 32 px ViT with 16 patches; 16 training images, 4 per process and step: 2 steps per epoch
@@ -95,21 +106,80 @@ def mse_loss(model, batch):
     return nn.functional.mse_loss(model(batch["x"]), batch["y"]), batch["x"].shape[0]
 
 
-def toy_trainer(model, train_model, run_dir, dist=None):
-    optimizer = make_optimizer(param_groups(model.named_parameters(), 0.05), TOY_TRAIN.lr, (0.9, 0.95),
-                               torch.device("cpu"))
-    return make_trainer(train_model, optimizer, TOY_TRAIN, 2, torch.device("cpu"), "fp32", run_dir,
-                        show_progress=False, dist=dist)
+@dataclass
+class ToyRun:
+    """What a training script holds for the toy model: the plain module (what checkpoints store), what
+    runs (DDP-wrapped under two processes), the optimiser, the (fp32: disabled) scaler, the step."""
+
+    model: nn.Module
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    info: DistInfo
+    run_dir: Path
+    step: int = 0
+
+    def state(self, epoch: int, **extra) -> dict:
+        return training_state(self.model, self.optimizer, self.scaler, self.step, epoch, "toy", {}, [], **extra)
 
 
-def single_process_run(run_dir, epochs, resume=None):
-    """The reference: one process, batch BATCH; returns the trainer after ``epochs`` (from ``resume`` on)."""
+def toy_run(model, train_model, run_dir, info=SINGLE) -> ToyRun:
+    optimizer = make_optimizer(param_groups(model.named_parameters(), 0.05), TOY_TRAIN.lr, (0.9, 0.95), CPU)
+    return ToyRun(model, train_model, optimizer, make_grad_scaler(CPU, "fp32"), info, Path(run_dir))
+
+
+def train_epoch(run: ToyRun, batches, loss_fn, epoch: int) -> float:
+    """One epoch of the scripts' training loop (train_encoder.py, section 4) with TOY_TRAIN's schedule.
+
+    [distributed] The losses are averaged over the processes (LossMeter with ``all_reduce_mean``),
+    and only rank 0 writes ``run_dir/log.jsonl``. Returns the epoch's mean loss.
+    """
+    total_steps = TOY_TRAIN.epochs * STEPS_PER_EPOCH
+    warmup_steps = round(TOY_TRAIN.warmup_epochs * STEPS_PER_EPOCH)
+    meter = LossMeter(CPU, all_reduce_mean if run.info.distributed else None)
+    logger = JsonlLogger(run.run_dir / "log.jsonl") if run.info.is_main else None
+    parameters = [p for group in run.optimizer.param_groups for p in group["params"]]
+    run.train_model.train()
+    for batch in batches:
+        lr = lr_at_step(run.step, TOY_TRAIN.lr, TOY_TRAIN.min_lr, warmup_steps, total_steps)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        loss, n_items = loss_fn(run.train_model, batch)
+        run.scaler.scale(loss).backward()
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, TOY_TRAIN.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, run.step, n_items)
+        run.step += 1
+        if meter.window_steps == TOY_TRAIN.log_every:
+            window_loss, items_per_s = meter.window(run.step)
+            if logger:
+                logger.log(epoch=epoch, step=run.step, loss=window_loss, lr=lr, items_per_s=items_per_s)
+    return meter.epoch_mean(run.step)
+
+
+@torch.no_grad()
+def validation_loss(run: ToyRun, batches) -> float:
+    """The scripts' validation mean: losses weighted by items, [distributed] over every process's share."""
+    run.train_model.eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for batch in batches:
+        loss, n_items = mse_loss(run.train_model, batch)
+        total += loss * n_items
+        count += n_items
+    return weighted_mean(total, count, run.info)
+
+
+def single_process_run(run_dir, epochs, resume=None) -> ToyRun:
+    """The reference: one process, batch BATCH; returns the run after ``epochs`` (from ``resume`` on)."""
     model = toy_model(0)
-    trainer = toy_trainer(model, model, run_dir)
-    start, _ = resume_from(resume, trainer, model, "checkpoint")
+    run = toy_run(model, model, run_dir)
+    start, run.step, _ = resume_from(resume, model, run.optimizer, run.scaler, "checkpoint", SINGLE)
     for epoch in range(start, epochs):
-        trainer.train_epoch(toy_batches(epoch, BATCH), mse_loss, epoch)
-    return trainer
+        train_epoch(run, toy_batches(epoch, BATCH), mse_loss, epoch)
+    return run
 
 
 def parameters(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -149,28 +219,30 @@ def _toy_scenarios(info: DistInfo, workdir: Path) -> dict:
     # One optimisation step. Each process initialises with its own seed (as setup_device does):
     # DDP must copy rank 0's weights, which equal the single process's.
     model = toy_model(info.rank)
-    trainer = toy_trainer(model, wrap_ddp(model, info), workdir / "toy_step", info)
-    seen["step_loss"] = trainer.train_epoch(toy_batches(0, BATCH // WORLD, WORLD, info.rank)[:1], mse_loss, 0)
+    run = toy_run(model, wrap_ddp(model, info), workdir / "toy_step", info)
+    seen["step_loss"] = train_epoch(run, toy_batches(0, BATCH // WORLD, WORLD, info.rank)[:1], mse_loss, 0)
     seen["step_params"] = parameters(model)
 
     # Epoch 0 under DDP, then rank 0 writes the checkpoint from the unwrapped module.
     model = toy_model(info.rank)
-    trainer = toy_trainer(model, wrap_ddp(model, info), workdir / "toy_ddp", info)
-    seen["epoch_loss"] = trainer.train_epoch(toy_batches(0, BATCH // WORLD, WORLD, info.rank), mse_loss, 0)
-    payload = training_state(trainer, model, 1, "toy", {}, [], **rng_states_by_rank(info))
+    run = toy_run(model, wrap_ddp(model, info), workdir / "toy_ddp", info)
+    seen["epoch_loss"] = train_epoch(run, toy_batches(0, BATCH // WORLD, WORLD, info.rank), mse_loss, 0)
+    payload = run.state(1, **rng_states_by_rank(info))
     if info.is_main:
         save_checkpoint(workdir / "ddp1.pt", payload)
     barrier()
 
     # A single-process checkpoint (written before the spawn) resumed under DDP for epoch 1.
     model = toy_model(info.rank)
-    trainer = toy_trainer(model, wrap_ddp(model, info), workdir / "toy_resumed", info)
-    start, _ = resume_from(load_checkpoint(workdir / "single1.pt"), trainer, model, "single1.pt", info)
-    trainer.train_epoch(toy_batches(start, BATCH // WORLD, WORLD, info.rank), mse_loss, start)
+    run = toy_run(model, wrap_ddp(model, info), workdir / "toy_resumed", info)
+    start, run.step, _ = resume_from(load_checkpoint(workdir / "single1.pt"), model, run.optimizer, run.scaler,
+                                     "single1.pt", info)
+    seen["resumed_start"] = (start, run.step)
+    train_epoch(run, toy_batches(start, BATCH // WORLD, WORLD, info.rank), mse_loss, start)
     seen["resumed_params"] = parameters(model)
 
     # Validation over shares of different sizes (5 samples: 3 on rank 0, 2 on rank 1), weighted by items.
-    seen["val_loss"] = trainer.evaluate(toy_batches(0, 2, WORLD, info.rank, n=5, drop_last=False), mse_loss)
+    seen["val_loss"] = validation_loss(run, toy_batches(0, 2, WORLD, info.rank, n=5, drop_last=False))
 
     # A non-finite loss on rank 1 only must stop rank 0 as well, at the same check.
     def nan_on_rank_1(model, batch):
@@ -178,7 +250,7 @@ def _toy_scenarios(info: DistInfo, workdir: Path) -> dict:
         return loss * (float("nan") if info.rank == 1 else 1.0), n
 
     try:
-        trainer.train_epoch(toy_batches(0, BATCH // WORLD, WORLD, info.rank)[:1], nan_on_rank_1, 2)
+        train_epoch(run, toy_batches(0, BATCH // WORLD, WORLD, info.rank)[:1], nan_on_rank_1, 2)
         seen["nan_error"] = None
     except NonFiniteLossError as e:
         seen["nan_error"] = e.step
@@ -190,8 +262,10 @@ def _unfreeze_scenario(info: DistInfo) -> dict:
     torch.manual_seed(0)
     vit = ViTConfig(image_size=16, patch_size=8, width=16, depth=2, heads=2)
     raw = build_captioner(vit, CaptionDecoderConfig(width=16, depth=1, heads=2, dropout=0.0), vocab_size=20, max_len=8)
-    optimizer = make_optimizer(unfreeze_param_groups(raw, 0.05), 1e-3, (0.9, 0.95), torch.device("cpu"))
     schedule = UnfreezeConfig(start_epoch=1, decay=0.5)
+
+    def states(epoch):
+        return unfreeze_schedule(vit.depth, epoch, schedule.start_epoch, schedule.decay)
     generator = torch.Generator().manual_seed(10 + info.rank)  # each process its own batch
     images = torch.randn(2, 3, 16, 16, generator=generator)  # (U, 3, H, W)
     tokens = torch.randint(4, 20, (4, 6), generator=generator)  # (B, T), no padding
@@ -204,10 +278,10 @@ def _unfreeze_scenario(info: DistInfo) -> dict:
         return [None if p.grad is None else p.grad.clone() for p in (top, decoder)]
 
     seen = {}
-    apply_unfreeze(raw, optimizer, 0, schedule)
+    set_trainable(raw, states(0))
     epoch0 = wrap_ddp(raw, info)
     seen["frozen_top_grad"], _ = grads(epoch0)
-    apply_unfreeze(raw, optimizer, 1, schedule)
+    set_trainable(raw, states(1))
     local_top, local_decoder = grads(raw)  # this process's own gradients, without DDP
     seen["local_top"], seen["mean_top"] = local_top, all_reduce_mean(local_top)
     seen["mean_decoder"] = all_reduce_mean(local_decoder)
@@ -240,8 +314,8 @@ def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("distributed")
     process_coco.main(["--data-dir", str(root / "data"), "--n-train", "16", "--n-val", "4", "--n-test", "1",
                        "--image-size", "32", "--vocab-size", "60", "--workers", "1", "--no-progress"])
-    trainer = single_process_run(root / "toy_single", epochs=1)
-    save_checkpoint(root / "single1.pt", training_state(trainer, trainer.model, 1, "toy", {}, []))
+    run = single_process_run(root / "toy_single", epochs=1)
+    save_checkpoint(root / "single1.pt", run.state(1))
     return root
 
 
@@ -300,8 +374,7 @@ def test_workers_see_torchrun_and_talk(two_processes):
 
 def test_one_step_of_two_half_batches_equals_one_step_of_the_whole_batch(two_processes, tmp_path):
     model = toy_model(0)
-    trainer = toy_trainer(model, model, tmp_path)
-    loss = trainer.train_epoch(toy_batches(0, BATCH)[:1], mse_loss, 0)
+    loss = train_epoch(toy_run(model, model, tmp_path), toy_batches(0, BATCH)[:1], mse_loss, 0)
     assert parameters(model)["0.weight"].ne(parameters(toy_model(0))["0.weight"]).all()  # the step moved it
     for seen in two_processes:
         assert seen["step_loss"] == pytest.approx(loss, rel=1e-12)  # averaged over the processes
@@ -324,6 +397,7 @@ def test_a_ddp_checkpoint_resumes_in_one_process_exactly(two_processes, workdir,
 def test_a_single_process_checkpoint_resumes_under_ddp_exactly(two_processes, tmp_path):
     uninterrupted = single_process_run(tmp_path, epochs=2)
     for seen in two_processes:
+        assert seen["resumed_start"] == (1, 2)  # after epoch 1, step 2
         for name, value in parameters(uninterrupted.model).items():
             torch.testing.assert_close(seen["resumed_params"][name], value, rtol=1e-10, atol=1e-12)
 
@@ -332,14 +406,15 @@ def test_validation_weighs_the_processes_by_their_items(two_processes, tmp_path)
     for seen in two_processes:
         model = toy_model(0)
         model.load_state_dict(seen["resumed_params"])
-        whole = toy_trainer(model, model, tmp_path).evaluate(toy_batches(0, 5, n=5, drop_last=False), mse_loss)
+        whole = validation_loss(toy_run(model, model, tmp_path), toy_batches(0, 5, n=5, drop_last=False))
         assert seen["val_loss"] == pytest.approx(whole, rel=1e-12)  # not the mean of the shares' means
 
 
 def test_a_non_finite_loss_on_one_process_stops_both(two_processes):
-    # rank 1's loss at step 4 is NaN; rank 0's is finite but it must not run on into the next all-reduce alone
+    # rank 1's loss at step 4 is NaN; rank 0's is finite but it must not run on into the next all-reduce alone:
+    # it stops at the same read, the window after step 4 (log_every=1), and names the step it stopped at, 5
     assert two_processes[1]["nan_error"] == 4
-    assert two_processes[0]["nan_error"] is not None
+    assert two_processes[0]["nan_error"] == 5
 
 
 def test_only_rank_zero_logs(two_processes, workdir):

@@ -10,17 +10,39 @@ from PIL import Image, ImageDraw
 
 import evaluate
 import process_coco
-from captioner import blind_baseline
-from captioner.blind_baseline import blind_scores, choose_blind_caption
-from captioner.caption_attention import cross_attention_maps, token_words, word_attention
-from captioner.captioning import KIND, build_captioner, checkpoint_extras
 from captioner.cli import run_script
-from captioner.config import (CaptionDecoderConfig, CaptionerRunConfig, DataConfig, EvalConfig, ViTConfig,
-                              config_to_dict)
-from captioner.metrics import evaluate_captions
-from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID, BPETokenizer, load_tokenizer
-from captioner.training import save_checkpoint
-from captioner.visualize import attention_figure, attention_overlay, captions_figure, heat_colours, wrap_text
+from captioner.config import (
+    CaptionDecoderConfig,
+    CaptionerRunConfig,
+    DataConfig,
+    EvalConfig,
+    ViTConfig,
+    config_to_dict,
+)
+from captioner.evaluation import blind_baseline
+from captioner.evaluation.attention_maps import (
+    cross_attention_maps,
+    token_words,
+    word_attention,
+)
+from captioner.evaluation.blind_baseline import blind_scores, choose_blind_caption
+from captioner.evaluation.metrics import evaluate_captions
+from captioner.evaluation.pictures import (
+    attention_figure,
+    attention_overlay,
+    captions_figure,
+    heat_colours,
+    wrap_text,
+)
+from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
+from captioner.text.tokenizers import (
+    EOS_ID,
+    PAD_ID,
+    SOS_ID,
+    BPETokenizer,
+    load_tokenizer,
+)
+from captioner.training.checkpoints import save_checkpoint
 
 VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=1, heads=2)  # a 4 x 4 patch grid
 DECODER = CaptionDecoderConfig(width=16, depth=2, heads=2, dropout=0.0)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.caption_decoder import CaptionDecoder
+from captioner.models.caption_decoder import CaptionDecoder
 from transformer_components import TransformerEncoderDecoder, beam_search, greedy_search, length_penalty
 
 PAD, SOS, EOS = 0, 1, 2

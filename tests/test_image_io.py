@@ -8,9 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from captioner import image_io
-from captioner.fileio import atomic_write_bytes
-from captioner.image_io import BadImageError, load_image_rgb, resize_and_center_crop
+from captioner.data import image_io
+from captioner.data.image_io import (
+    BadImageError,
+    load_image_rgb,
+    resize_and_center_crop,
+)
+from captioner.infra.fileio import atomic_write_bytes
 
 
 def save(image, path, **kwargs):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from captioner.image_transforms import (
+from captioner.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EvalTransform,

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.coco_data import FORMAT_VERSION, SplitData, write_json, write_split_json
-from captioner.coco_loader import (
-    CaptFirstDataset,
-    DeviceImageLoader,
-    EpochBatchSampler,
-    ImageOnlyDataset,
-    ImgFirstDataset,
-    check_device_memory,
-    get_coco_loader,
+from captioner.data.coco_annotations import SplitData
+from captioner.data.datasets import (
+    ImageCaptionPairDataset,
+    ImageDataset,
+    ImageWithCaptionsDataset,
 )
-from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID
+from captioner.data.loaders import EpochBatchSampler, caption_loader, image_captions_loader, image_loader
+from captioner.data.processed import FORMAT_VERSION, write_split_json
+from captioner.infra.device_loader import DeviceImageLoader, device_image_loader
+from captioner.infra.fileio import write_json
+from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
 
 S = 8
 CAPTIONS_PER_IMAGE = {"train": [1, 2, 3, 1, 2, 1, 4], "val": [5, 5, 5], "unlabeled": [0, 0, 0, 0]}
@@ -64,7 +64,7 @@ def decode_pairs(batch):
 
 
 def test_caption_batch_shapes_dtypes_padding_and_image_index(processed):
-    loader = get_coco_loader(processed, "train", "caption", batch_size=5, shuffle=True, seed=3)
+    loader = caption_loader(processed, "train", batch_size=5, shuffle=True, seed=3)
     batch = next(iter(loader))
     assert set(batch) == {"images", "image_index", "tokens", "image_ids"}
     U = len(batch["image_ids"])
@@ -82,16 +82,16 @@ def test_caption_batch_shapes_dtypes_padding_and_image_index(processed):
 
 
 def test_max_len_truncates_and_keeps_eos(processed):
-    dataset = CaptFirstDataset(processed, "train", max_len=3)
+    dataset = ImageCaptionPairDataset(processed, "train", max_len=3)
     batch = dataset.__getitems__(list(range(len(dataset))))
     assert batch["tokens"].shape[1] == 3
     assert (batch["tokens"][:, 0] == SOS_ID).all() and (batch["tokens"][:, 2] == EOS_ID).all()
     with pytest.raises(ValueError, match="at least 3"):
-        CaptFirstDataset(processed, "train", max_len=2)
+        ImageCaptionPairDataset(processed, "train", max_len=2)
 
 
 def test_every_pair_exactly_once_per_epoch_and_epochs_differ(processed):
-    loader = get_coco_loader(processed, "train", "caption", batch_size=4, shuffle=True, seed=0)
+    loader = caption_loader(processed, "train", batch_size=4, shuffle=True, seed=0)
     assert len(loader) == 4  # 14 pairs in batches of 4
     orders = []
     for epoch in range(2):
@@ -103,7 +103,7 @@ def test_every_pair_exactly_once_per_epoch_and_epochs_differ(processed):
 
 
 def test_grouped_by_image_takes_all_captions_of_each_image(processed):
-    loader = get_coco_loader(processed, "val", "caption", batch_size=10, shuffle=True, group_by_image=True)
+    loader = caption_loader(processed, "val", batch_size=10, shuffle=True, group_by_image=True)
     seen = []
     for batch in loader:
         pairs = decode_pairs(batch)
@@ -152,7 +152,7 @@ def test_rank_shards_are_disjoint_and_cover_the_epoch(replicas):
 
 
 def test_image_captions_batches(processed):
-    loader = get_coco_loader(processed, "val", "image_captions", batch_size=2, shuffle=False)
+    loader = image_captions_loader(processed, "val", batch_size=2)
     batches = list(loader)
     assert [len(b["image_ids"]) for b in batches] == [2, 1]
     batch = batches[0]
@@ -160,12 +160,12 @@ def test_image_captions_batches(processed):
     assert batch["image_ids"].tolist() == [200, 201]
     assert batch["captions"][1] == [f"caption {j} of 201" for j in range(5)]
     assert (batch["images"][1] == image_value(201)).all()
-    dataset = ImgFirstDataset(processed, "unlabeled")
+    dataset = ImageWithCaptionsDataset(processed, "unlabeled")
     assert dataset[2]["captions"] == [[]]
 
 
 def test_image_only_concatenates_splits(processed):
-    loader = get_coco_loader(processed, ["train", "unlabeled"], "image", batch_size=4, shuffle=True, seed=1)
+    loader = image_loader(processed, ["train", "unlabeled"], batch_size=4, shuffle=True, seed=1)
     values = []
     for batch in loader:
         assert set(batch) == {"images"} and batch["images"].dtype == torch.uint8
@@ -173,12 +173,12 @@ def test_image_only_concatenates_splits(processed):
         values += batch["images"][:, 0, 0, 0].tolist()
     expected = [image_value(FIRST_ID[s] + i) for s in ("train", "unlabeled") for i in range(len(CAPTIONS_PER_IMAGE[s]))]
     assert sorted(values) == sorted(expected)
-    assert len(ImageOnlyDataset(processed, ("train", "unlabeled"))) == 11
+    assert len(ImageDataset(processed, ("train", "unlabeled"))) == 11
 
 
 def test_worker_processes_give_the_same_batches(processed):
     def batches(workers):
-        loader = get_coco_loader(processed, "train", "caption", batch_size=4, shuffle=True, seed=2, num_workers=workers)
+        loader = caption_loader(processed, "train", batch_size=4, shuffle=True, seed=2, num_workers=workers)
         loader.batch_sampler.set_epoch(1)
         return [b["tokens"].tolist() for b in loader]
 
@@ -186,20 +186,18 @@ def test_worker_processes_give_the_same_batches(processed):
 
 
 def test_datasets_pickle_without_their_images(processed):
-    dataset = ImageOnlyDataset(processed, ("train", "unlabeled"))
+    dataset = ImageDataset(processed, ("train", "unlabeled"))
     clone = pickle.loads(pickle.dumps(dataset))
     assert len(pickle.dumps(dataset)) < 2000  # the memmaps are reopened, not copied
     assert np.array_equal(clone[8]["images"], dataset[8]["images"])
 
 
 def test_incomplete_folder_and_bad_arguments_are_reported(processed):
-    with pytest.raises(ValueError, match="unknown loader kind"):
-        get_coco_loader(processed, "train", "pairs", 4, shuffle=False)
     with pytest.raises(FileNotFoundError, match="test"):
-        get_coco_loader(processed, "test", "image", 4, shuffle=False)
+        image_loader(processed, "test", 4, shuffle=False)
     (processed / "meta.json").unlink()
     with pytest.raises(FileNotFoundError, match="meta.json"):
-        get_coco_loader(processed, "train", "image", 4, shuffle=False)
+        image_loader(processed, "train", 4, shuffle=False)
 
 
 @pytest.mark.parametrize("drop_last, replicas", [(True, 1), (False, 1), (True, 2)])
@@ -209,8 +207,8 @@ def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, repli
     splits = ["train", "unlabeled"]
     for rank in range(replicas):
         kwargs = dict(batch_size=3, shuffle=True, seed=4, drop_last=drop_last, num_replicas=replicas, rank=rank)
-        host = get_coco_loader(processed, splits, "image", **kwargs)
-        device = get_coco_loader(processed, splits, "image", on_device="cpu", **kwargs)
+        host = image_loader(processed, splits, **kwargs)
+        device = device_image_loader(processed, splits, device="cpu", **kwargs)
         assert isinstance(device, DeviceImageLoader) and len(device) == len(host) > 0
         assert device.images.shape == (11, S, S, 3) and device.images.dtype == torch.uint8
         for epoch in (0, 1):
@@ -226,23 +224,8 @@ def test_device_loader_gives_the_dataloaders_batches(processed, drop_last, repli
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_loader_gives_the_dataloaders_batches(processed):
     kwargs = dict(batch_size=4, shuffle=True, seed=5, drop_last=False)
-    host = get_coco_loader(processed, ["train", "unlabeled"], "image", **kwargs)
-    device = get_coco_loader(processed, ["train", "unlabeled"], "image", on_device="cuda", **kwargs)
+    host = image_loader(processed, ["train", "unlabeled"], **kwargs)
+    device = device_image_loader(processed, ["train", "unlabeled"], device="cuda", **kwargs)
     assert device.images.is_cuda
     for a, b in zip(host, device, strict=True):
         assert b["images"].is_cuda and torch.equal(a["images"], b["images"].cpu())
-
-
-def test_device_loader_is_for_image_batches_only(processed):
-    with pytest.raises(ValueError, match="kind 'image' only"):
-        get_coco_loader(processed, "train", "caption", 4, shuffle=False, on_device="cpu")
-
-
-def test_an_image_cache_too_large_for_the_gpu_is_refused(monkeypatch):
-    GiB = 2**30
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (50 * GiB, 80 * GiB))  # (free, total)
-    cuda = torch.device("cuda")
-    check_device_memory(41 * GiB, cuda)  # fits beside the 8 GiB kept for training
-    with pytest.raises(ValueError, match="needs 43.0 GiB of GPU memory but only 50.0 GiB are free"):
-        check_device_memory(43 * GiB, cuda)
-    check_device_memory(10**15, torch.device("cpu"))  # the CPU is not checked

@@ -2,28 +2,34 @@
 
 from pathlib import Path
 
+import flops  # bench/flops.py (tests/conftest.py puts bench/ on the path)
 import pytest
 import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from captioner import image_captioner
-from captioner.config import EncoderRunConfig, MAEConfig, ViTConfig, config_to_dict, load_config
-from captioner.image_captioner import (
-    ImageAutoEncoder,
-    ImageEncoder,
-    PatchEmbedding,
-    encoder_flops,
-    encoder_from_mae_checkpoint,
-    flops_per_image,
-    num_visible,
-    patchify,
-    random_masking,
-    unpatchify,
+from captioner.config import (
+    EncoderRunConfig,
+    MAEConfig,
+    ViTConfig,
+    config_to_dict,
+    load_config,
 )
-from captioner.image_transforms import normalize
-from captioner.training import CheckpointError, load_checkpoint, save_checkpoint
-from captioner.visualize import image_grid, mae_reconstruction_figure, save_png, to_uint8
+from captioner.data.transforms import normalize
+from captioner.evaluation.pictures import (
+    image_grid,
+    mae_reconstruction_figure,
+    save_png,
+    to_uint8,
+)
+from captioner.models.captioner import encoder_from_mae_checkpoint
+from captioner.models.mae import MaskedAutoencoder, num_visible, random_masking
+from captioner.models.vit import ImageEncoder, PatchEmbedding, patchify, unpatchify
+from captioner.training.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 VIT = ViTConfig(image_size=16, patch_size=4, width=32, depth=2, heads=4)  # 16 patches
 MAE = MAEConfig(mask_ratio=0.75, decoder_width=16, decoder_depth=1, decoder_heads=2)
@@ -31,7 +37,7 @@ MAE = MAEConfig(mask_ratio=0.75, decoder_width=16, decoder_depth=1, decoder_head
 
 def tiny_mae(seed=0, **mae_overrides):
     torch.manual_seed(seed)
-    return ImageAutoEncoder(VIT, MAEConfig(**{**config_to_dict(MAE), **mae_overrides}))
+    return MaskedAutoencoder(VIT, MAEConfig(**{**config_to_dict(MAE), **mae_overrides}))
 
 
 def images(batch=3, seed=1):
@@ -236,10 +242,10 @@ def _counted_flops(module, *args):
 def test_flop_formulas_match_torch_flop_counter():
     model = tiny_mae()
     x = images(batch=2)
-    assert _counted_flops(model.encoder, x) == encoder_flops(VIT)
-    assert _counted_flops(model, x) == flops_per_image(VIT, MAE)["total"]
-    flops = flops_per_image(VIT, MAE)
-    assert flops["encoder"] < encoder_flops(VIT)  # MAE's encoder sees a quarter of the patches
+    assert _counted_flops(model.encoder, x) == flops.encoder_flops(VIT)
+    assert _counted_flops(model, x) == flops.flops_per_image(VIT, MAE)["total"]
+    counts = flops.flops_per_image(VIT, MAE)
+    assert counts["encoder"] < flops.encoder_flops(VIT)  # MAE's encoder sees a quarter of the patches
 
 
 # ---- pictures -----------------------------------------------------------------------------------
@@ -280,9 +286,9 @@ def test_mae_reconstruction_figure_png(tmp_path):
 ])
 def test_flops_table_in_the_docstring_matches_the_presets(preset, expected):
     cfg = load_config(EncoderRunConfig, Path(__file__).parent.parent / "configs" / preset)
-    flops = flops_per_image(cfg.model, cfg.mae)
-    got = (flops["encoder"], flops["decoder"], flops["total"], encoder_flops(cfg.model))
+    counts = flops.flops_per_image(cfg.model, cfg.mae)
+    got = (counts["encoder"], counts["decoder"], counts["total"], flops.encoder_flops(cfg.model))
     digits = 3 if preset.startswith("shapes") else 2
     assert tuple(round(f / 1e9, digits) for f in got) == expected
-    assert flops["decoder"] < 2 * flops["encoder"]  # the decoder stays light
-    assert " ".join(f"{e:g}" for e in expected[:2]) in " ".join(image_captioner.__doc__.split())
+    assert counts["decoder"] < 2 * counts["encoder"]  # the decoder stays light
+    assert " ".join(f"{e:g}" for e in expected[:2]) in " ".join(flops.__doc__.split())

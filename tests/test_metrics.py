@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from captioner import metrics
-from captioner.metrics import bleu, cider_d, evaluate_captions, tokenize_caption
+from captioner.evaluation import metrics
+from captioner.evaluation.metrics import bleu, cider_d, evaluate_captions
+from captioner.evaluation.ptb_tokenizer import tokenize_caption
 
 TINY, SMALL = 1e-15, 1e-9  # the toolkit's zero-count guards, added to matched and candidate counts
 

@@ -16,9 +16,14 @@ import pytest
 from PIL import Image
 
 import process_coco
-from captioner.captioning import KIND, build_captioner, checkpoint_extras
-from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ViTConfig, config_to_dict
-from captioner.training import save_checkpoint
+from captioner.config import (
+    CaptionDecoderConfig,
+    CaptionerRunConfig,
+    ViTConfig,
+    config_to_dict,
+)
+from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
+from captioner.training.checkpoints import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "code_snippets.ipynb"

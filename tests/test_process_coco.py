@@ -9,15 +9,28 @@ import zlib
 
 import numpy as np
 import pytest
+from http_server import FileServer
 from PIL import Image
 
 import process_coco
-from captioner import coco_data
 from captioner.cli import run_script
-from captioner.coco_data import read_split
-from captioner.coco_loader import get_coco_loader
-from captioner.tokenizers import load_tokenizer, normalize_text
-from http_server import FileServer
+from captioner.data import image_cache
+from captioner.data.coco_annotations import (
+    BAD_IMAGE,
+    DUPLICATE_CAPTION_ID,
+    DUPLICATE_IMAGE_ID,
+    EMPTY_CAPTION,
+    MALFORMED_CAPTION_ENTRY,
+    MALFORMED_IMAGE_ENTRY,
+    MISSING_IMAGE,
+    NO_CAPTIONS,
+    UNKNOWN_IMAGE_ID,
+    AnnotationError,
+)
+from captioner.data.loaders import caption_loader
+from captioner.data.processed import read_split
+from captioner.text.normalize import normalize_text
+from captioner.text.tokenizers import load_tokenizer
 
 S = 16  # cache resolution of the miniature COCO folder
 
@@ -54,7 +67,7 @@ def test_shapes_end_to_end_then_rerun_is_up_to_date(tmp_path, capsys):
         for caption, ids in zip(captions, tokens):
             assert tokenizer.decode(ids) == " ".join(normalize_text(caption))
 
-    batch = next(iter(get_coco_loader(processed, "train", "caption", 8, shuffle=True, max_len=12)))
+    batch = next(iter(caption_loader(processed, "train", 8, shuffle=True, max_len=12)))
     assert batch["images"].shape[1:] == (3, 64, 64) and batch["tokens"].shape[0] == 8
 
     capsys.readouterr()
@@ -199,17 +212,17 @@ def test_every_bad_input_kind_is_skipped_counted_and_dropped_consistently(mini_c
     root, expected_train_ids = mini_coco
     meta = process_mini(root, tmp_path)
     assert meta["skipped_counts"] == {
-        coco_data.MALFORMED_IMAGE_ENTRY: 1,
-        coco_data.DUPLICATE_IMAGE_ID: 1,
-        coco_data.MALFORMED_CAPTION_ENTRY: 1,
-        coco_data.DUPLICATE_CAPTION_ID: 1,
-        coco_data.EMPTY_CAPTION: 1,
-        coco_data.UNKNOWN_IMAGE_ID: 1,
-        coco_data.NO_CAPTIONS: 1,
-        coco_data.MISSING_IMAGE: 1,
-        coco_data.BAD_IMAGE: 4,
+        MALFORMED_IMAGE_ENTRY: 1,
+        DUPLICATE_IMAGE_ID: 1,
+        MALFORMED_CAPTION_ENTRY: 1,
+        DUPLICATE_CAPTION_ID: 1,
+        EMPTY_CAPTION: 1,
+        UNKNOWN_IMAGE_ID: 1,
+        NO_CAPTIONS: 1,
+        MISSING_IMAGE: 1,
+        BAD_IMAGE: 4,
     }
-    bad_items = " ".join(e["item"] for e in meta["skipped"] if e["reason"] == coco_data.BAD_IMAGE)
+    bad_items = " ".join(e["item"] for e in meta["skipped"] if e["reason"] == BAD_IMAGE)
     for name in bad_images():
         assert str(root / "train2017" / name) in bad_items  # each reported with its path
     out = capsys.readouterr().out
@@ -254,7 +267,7 @@ def test_unreadable_annotation_file_stops_with_a_message_naming_it(mini_coco, tm
 def test_missing_required_annotation_file_is_named(mini_coco, tmp_path):
     root, _ = mini_coco
     (root / "annotations" / "captions_train2017.json").unlink()
-    with pytest.raises(coco_data.AnnotationError, match="captions_train2017.json: annotation file not found"):
+    with pytest.raises(AnnotationError, match="captions_train2017.json: annotation file not found"):
         process_mini(root, tmp_path)
 
 
@@ -266,7 +279,7 @@ def test_missing_required_annotation_file_is_named(mini_coco, tmp_path):
 def test_interrupted_run_leaves_nothing_that_looks_finished_and_a_rerun_completes(mini_coco, tmp_path, monkeypatch):
     root, expected_train_ids = mini_coco
     processed = tmp_path / "out" / "processed"
-    real = coco_data.load_and_resize
+    real = image_cache.load_and_resize
     calls = []
 
     def interrupted_in_val(path, size):
@@ -275,7 +288,7 @@ def test_interrupted_run_leaves_nothing_that_looks_finished_and_a_rerun_complete
             raise KeyboardInterrupt  # Ctrl-C while the val images are being resized
         return real(path, size)
 
-    monkeypatch.setattr(coco_data, "load_and_resize", interrupted_in_val)
+    monkeypatch.setattr(image_cache, "load_and_resize", interrupted_in_val)
     with pytest.raises(SystemExit, match="interrupted"):
         process_mini(root, tmp_path)
     assert not (processed / "meta.json").exists()
@@ -291,12 +304,12 @@ def test_interrupted_run_leaves_nothing_that_looks_finished_and_a_rerun_complete
         return real(path, size)
 
     calls.clear()
-    monkeypatch.setattr(coco_data, "load_and_resize", counting)
+    monkeypatch.setattr(image_cache, "load_and_resize", counting)
     meta = process_mini(root, tmp_path)
     assert {p.split("/")[-2] for p in calls} == {"val2017", "test2017"}  # train was not redone
     assert (processed / "train_images.npy").stat().st_mtime_ns == train_mtime
     assert meta["splits"]["val"] == {"images": 2, "captions": 4}
-    assert meta["skipped_counts"][coco_data.BAD_IMAGE] == 4  # remembered from the first run's stamp
+    assert meta["skipped_counts"][BAD_IMAGE] == 4  # remembered from the first run's stamp
     assert read_split(processed, "train")[0]["image_ids"] == expected_train_ids
     assert not list(processed.rglob("*.partial"))
 
@@ -388,3 +401,13 @@ def test_failed_download_stops_with_a_message_naming_the_file(tmp_path, monkeypa
             run("--source", "coco", "--base-url", server.url(), "--data-dir", tmp_path, "--workers", 1)
     assert "rerun the same command" in str(info.value.code)
     assert not (tmp_path / "processed" / "meta.json").exists()
+
+
+def test_coco_dir_means_coco_and_contradicting_it_is_refused(capsys):
+    assert process_coco.parse_args([]).source == "shapes"
+    assert process_coco.parse_args(["--coco-dir", "somewhere"]).source == "coco"
+    assert process_coco.parse_args(["--base-url", "http://127.0.0.1:1"]).source == "coco"
+    with pytest.raises(SystemExit) as stop:
+        process_coco.parse_args(["--source", "shapes", "--coco-dir", "somewhere"])
+    assert stop.value.code == 2
+    assert "--coco-dir names COCO data" in capsys.readouterr().err

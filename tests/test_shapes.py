@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import shapes
+from captioner.data.shapes import generate_shapes_dataset
+from captioner.data.shapes_captions import captions_for
+from captioner.data.shapes_draw import encode_jpeg, render_scene
+from captioner.data.shapes_scene import BACKGROUNDS, COLOURS, SHAPES, SIZES, Scene, image_id_for, relations, scene_for
 
 # ------------------------------------------------------------------------------------------------
 # An independent reader of the captions: it parses every phrase that makes a claim and checks the
-# claim against the scene with the geometry rules documented in captioner/shapes.py.
+# claim against the scene with the geometry rules documented in captioner/data/shapes_scene.py.
 
-COLOURS = sorted(shapes.COLOURS)
-SIZES = sorted(shapes.SIZES)
-NOUNS = {s: s for s in shapes.SHAPES} | {s + "s": s for s in shapes.SHAPES}
+COLOURS = sorted(COLOURS)
+SIZES = sorted(SIZES)
+NOUNS = {s: s for s in SHAPES} | {s + "s": s for s in SHAPES}
 NOUNS |= {w: None for w in ("shape", "shapes", "object", "objects")}
 DETS = ("a single", "an", "a", "the", "one", "two", "three", "four", "both")
 NUMBER = {"one": 1, "two": 2, "three": 3, "four": 4}
@@ -34,8 +37,8 @@ NP = rf"(?<![a-z])(?:{_alt(DETS)}) (?:(?:{_alt(SIZES)}) )?(?:(?:{_alt(COLOURS)})
 NP_PARTS = re.compile(rf"({_alt(DETS)}) (?:({_alt(SIZES)}) )?(?:({_alt(COLOURS)}) )?({_alt(NOUNS)})")
 RELATION = re.compile(rf"(?P<a>{NP}) (?:is )?(?P<rel>{_alt(RELS)}) (?P<b>{NP})")
 REGION = re.compile(rf"(?P<a>{NP}) (?:is )?(?P<where>{_alt(REGIONS)})")
-PREDICATE = re.compile(rf"(?P<a>{NP}) is (?:an? (?P<shape>{_alt(shapes.SHAPES)})|(?P<adj>{_alt(COLOURS + SIZES)}))$")
-ALL = re.compile(rf"(?:all the|both) shapes are (?P<w>{_alt(COLOURS + SIZES + [s + 's' for s in shapes.SHAPES])})")
+PREDICATE = re.compile(rf"(?P<a>{NP}) is (?:an? (?P<shape>{_alt(SHAPES)})|(?P<adj>{_alt(COLOURS + SIZES)}))$")
+ALL = re.compile(rf"(?:all the|both) shapes are (?P<w>{_alt(COLOURS + SIZES + [s + 's' for s in SHAPES])})")
 BACKGROUND = re.compile(rf"on an? ({_alt(BG_WORDS)}) background")
 
 
@@ -130,8 +133,8 @@ def test_every_caption_is_true_of_its_scene():
     families = Counter()
     for seed in (0, 1):
         for index in range(300):
-            scene = shapes.scene_for(seed, "train", index, 64)
-            captions = shapes.captions_for(seed, "train", index, 64)
+            scene = scene_for(seed, "train", index, 64)
+            captions = captions_for(seed, "train", index, 64)
             assert len(captions) == 5 and len(set(captions)) == 5
             for caption in captions:
                 assert caption_errors(caption, scene) == [], (caption, scene)
@@ -145,11 +148,11 @@ def test_every_caption_is_true_of_its_scene():
 
 
 def test_checker_rejects_false_captions():
-    scene = next(s for s in (shapes.scene_for(0, "train", i, 64) for i in range(200))
-                 if len(s.objects) == 2 and shapes.relations(s.objects[0], s.objects[1])
+    scene = next(s for s in (scene_for(0, "train", i, 64) for i in range(200))
+                 if len(s.objects) == 2 and relations(s.objects[0], s.objects[1])
                  and s.objects[0].colour != s.objects[1].colour)
     a, b = scene.objects
-    rel = shapes.relations(a, b)[0]
+    rel = relations(a, b)[0]
     opposite = {"to the left of": "to the right of", "to the right of": "to the left of",
                 "above": "below", "below": "above"}[rel]
     absent = next(c for c in COLOURS if c not in (a.colour, b.colour))
@@ -166,7 +169,7 @@ def test_checker_rejects_false_captions():
 
 
 def test_captions_are_mostly_short_and_varied():
-    captions = [c for i in range(400) for c in shapes.captions_for(3, "val", i, 64)]
+    captions = [c for i in range(400) for c in captions_for(3, "val", i, 64)]
     lengths = [len(c.split()) for c in captions]
     assert max(lengths) <= 17 and min(lengths) >= 4
     assert np.mean([5 <= n <= 15 for n in lengths]) > 0.8
@@ -175,13 +178,13 @@ def test_captions_are_mostly_short_and_varied():
 
 
 def test_scenes_cover_the_attribute_space_and_never_overlap():
-    scenes = [shapes.scene_for(0, "train", i, 64) for i in range(400)]
+    scenes = [scene_for(0, "train", i, 64) for i in range(400)]
     objects = [o for s in scenes for o in s.objects]
-    assert {o.shape for o in objects} == set(shapes.SHAPES)
-    assert {o.colour for o in objects} == set(shapes.COLOURS)
+    assert {o.shape for o in objects} == set(SHAPES)
+    assert {o.colour for o in objects} == set(COLOURS)
     assert {o.size for o in objects} == {"small", "large"}
     assert {len(s.objects) for s in scenes} == {1, 2, 3, 4}
-    assert {s.background.kind for s in scenes} == set(shapes.BACKGROUNDS)
+    assert {s.background.kind for s in scenes} == set(BACKGROUNDS)
     for s in scenes:
         for o in s.objects:
             assert o.radius <= o.cx <= 64 - o.radius and o.radius <= o.cy <= 64 - o.radius
@@ -192,10 +195,10 @@ def test_scenes_cover_the_attribute_space_and_never_overlap():
 
 def test_every_object_is_drawn_visibly_in_its_colour():
     for index in range(60):
-        scene = shapes.scene_for(0, "train", index, 64)
-        pixels = np.asarray(shapes.render_scene(scene)).astype(int)  # (64, 64, 3)
-        decoded = np.asarray(Image.open(io.BytesIO(shapes.encode_jpeg(shapes.render_scene(scene)))))
-        background = np.asarray(shapes.render_scene(shapes.Scene(64, scene.background, ()))).astype(int)
+        scene = scene_for(0, "train", index, 64)
+        pixels = np.asarray(render_scene(scene)).astype(int)  # (64, 64, 3)
+        decoded = np.asarray(Image.open(io.BytesIO(encode_jpeg(render_scene(scene)))))
+        background = np.asarray(render_scene(Scene(64, scene.background, ()))).astype(int)
         assert pixels.shape == (64, 64, 3)
         for o in scene.objects:
             y, x = int(o.cy), int(o.cx)
@@ -217,9 +220,9 @@ def snapshot(root):
 
 def test_same_seed_gives_identical_files_and_another_seed_different_ones(tmp_path):
     calls = []
-    counts = shapes.generate_shapes_dataset(tmp_path / "a", seed=5, progress=calls.append, **SMALL)
-    shapes.generate_shapes_dataset(tmp_path / "b", seed=5, **SMALL)
-    shapes.generate_shapes_dataset(tmp_path / "c", seed=6, **SMALL)
+    counts = generate_shapes_dataset(tmp_path / "a", seed=5, progress=calls.append, **SMALL)
+    generate_shapes_dataset(tmp_path / "b", seed=5, **SMALL)
+    generate_shapes_dataset(tmp_path / "c", seed=6, **SMALL)
     assert counts == {"train": 10, "val": 4, "test": 3, "unlabeled": 2}
     assert sum(calls) == 19
     a, b, c = (snapshot(tmp_path / d) for d in "abc")
@@ -232,7 +235,7 @@ def test_same_seed_gives_identical_files_and_another_seed_different_ones(tmp_pat
 
 
 def test_coco_schema(tmp_path):
-    shapes.generate_shapes_dataset(tmp_path, seed=0, **SMALL)
+    generate_shapes_dataset(tmp_path, seed=0, **SMALL)
     ann = tmp_path / "annotations"
     assert sorted(p.name for p in ann.iterdir()) == ["captions_train2017.json", "captions_val2017.json",
                                                      "image_info_test2017.json", "image_info_unlabeled2017.json"]
@@ -265,40 +268,40 @@ def test_coco_schema(tmp_path):
 
 
 def test_captions_in_the_json_match_the_scenes(tmp_path):
-    shapes.generate_shapes_dataset(tmp_path, seed=2, **SMALL)
+    generate_shapes_dataset(tmp_path, seed=2, **SMALL)
     doc = json.loads((tmp_path / "annotations" / "captions_val2017.json").read_text())
     for img in doc["images"]:
-        index = img["id"] - shapes.image_id_for("val", 0)
-        scene = shapes.scene_for(2, "val", index, 48)
+        index = img["id"] - image_id_for("val", 0)
+        scene = scene_for(2, "val", index, 48)
         captions = [a["caption"] for a in doc["annotations"] if a["image_id"] == img["id"]]
-        assert captions == shapes.captions_for(2, "val", index, 48)
+        assert captions == captions_for(2, "val", index, 48)
         assert all(caption_errors(c, scene) == [] for c in captions)
         assert np.array_equal(np.asarray(Image.open(tmp_path / "val2017" / img["file_name"])),
                               np.asarray(Image.open(io.BytesIO(
-                                  shapes.encode_jpeg(shapes.render_scene(scene))))))
+                                  encode_jpeg(render_scene(scene))))))
 
 
 def test_rerun_regenerates_only_what_is_missing(tmp_path):
-    shapes.generate_shapes_dataset(tmp_path, seed=1, **SMALL)
+    generate_shapes_dataset(tmp_path, seed=1, **SMALL)
     before = snapshot(tmp_path)
     kept = tmp_path / "train2017" / "000000000001.jpg"
     kept_stat = kept.stat()
     for name in ("train2017/000000000003.jpg", "train2017/000000000010.jpg", "test2017/000002000002.jpg",
                  "annotations/captions_val2017.json"):
         (tmp_path / name).unlink()
-    shapes.generate_shapes_dataset(tmp_path, seed=1, **SMALL)
+    generate_shapes_dataset(tmp_path, seed=1, **SMALL)
     assert snapshot(tmp_path) == before
     assert kept.stat().st_mtime_ns == kept_stat.st_mtime_ns and kept.stat().st_ino == kept_stat.st_ino
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary files left behind
 
 
 def test_rerun_with_other_parameters_is_refused(tmp_path):
-    shapes.generate_shapes_dataset(tmp_path, seed=1, **SMALL)
+    generate_shapes_dataset(tmp_path, seed=1, **SMALL)
     with pytest.raises(ValueError, match="seed"):
-        shapes.generate_shapes_dataset(tmp_path, seed=2, **SMALL)
+        generate_shapes_dataset(tmp_path, seed=2, **SMALL)
     coco_like = tmp_path / "coco"
     (coco_like / "train2017").mkdir(parents=True)
     with pytest.raises(ValueError, match="not a shapes dataset"):
-        shapes.generate_shapes_dataset(coco_like, **SMALL)
+        generate_shapes_dataset(coco_like, **SMALL)
     with pytest.raises(ValueError, match="image_size"):
-        shapes.generate_shapes_dataset(tmp_path / "tiny", image_size=8)
+        generate_shapes_dataset(tmp_path / "tiny", image_size=8)

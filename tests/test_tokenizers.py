@@ -5,8 +5,9 @@ from collections import Counter
 
 import pytest
 
-from captioner import bpe, wordpiece
-from captioner.tokenizers import (
+from captioner.text import bpe, wordpiece
+from captioner.text.normalize import count_words, normalize_text
+from captioner.text.tokenizers import (
     EOS_ID,
     PAD_ID,
     SOS_ID,
@@ -14,9 +15,7 @@ from captioner.tokenizers import (
     UNK_ID,
     BPETokenizer,
     WordPieceTokenizer,
-    count_words,
     load_tokenizer,
-    normalize_text,
     parse_tokenizer,
     train_tokenizer,
 )

@@ -1,4 +1,4 @@
-"""train_captioner.py and captioner/captioning.py on a tiny processed shapes set and tiny models."""
+"""train_captioner.py and captioner/models/captioner.py on a tiny processed shapes set and tiny models."""
 
 import json
 
@@ -8,19 +8,29 @@ import yaml
 
 import process_coco
 import train_captioner
-from captioner.captioning import (
+from captioner.config import (
+    CaptionDecoderConfig,
+    EncoderRunConfig,
+    MAEConfig,
+    ViTConfig,
+    config_to_dict,
+)
+from captioner.data.loaders import image_captions_loader
+from captioner.data.transforms import EvalTransform
+from captioner.evaluation.captioning import caption_images
+from captioner.models.captioner import (
     build_captioner,
-    caption_images,
     caption_loss,
     load_captioner,
     teacher_forcing_loss,
 )
-from captioner.coco_loader import get_coco_loader
-from captioner.config import CaptionDecoderConfig, EncoderRunConfig, MAEConfig, ViTConfig, config_to_dict
-from captioner.image_captioner import ImageAutoEncoder
-from captioner.image_transforms import EvalTransform
-from captioner.tokenizers import EOS_ID, PAD_ID, SOS_ID
-from captioner.training import CheckpointError, load_checkpoint, save_checkpoint
+from captioner.models.mae import MaskedAutoencoder
+from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
+from captioner.training.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=2, heads=2)
 
@@ -32,7 +42,7 @@ def workdir(tmp_path_factory):
     process_coco.main(["--data-dir", str(root / "data"), "--n-train", "10", "--n-val", "4", "--n-test", "1",
                        "--image-size", "32", "--vocab-size", "120", "--workers", "1", "--no-progress"])
     torch.manual_seed(0)
-    mae = ImageAutoEncoder(VIT, MAEConfig(decoder_width=16, decoder_depth=1, decoder_heads=2))
+    mae = MaskedAutoencoder(VIT, MAEConfig(decoder_width=16, decoder_depth=1, decoder_heads=2))
     encoder_cfg = config_to_dict(EncoderRunConfig(model=VIT))
     save_checkpoint(root / "mae.pt", {"kind": "mae", "epoch": 1, "config": encoder_cfg, "model": mae.state_dict()})
     (root / "encoder.yaml").write_text(yaml.safe_dump({"model": config_to_dict(VIT)}))
@@ -107,7 +117,7 @@ def test_checkpoint_is_self_contained_and_best_is_kept(workdir, pretrained_run):
     assert tokenizer.decode(tokenizer.encode("a red circle")) == "a red circle"
     assert load_captioner(run_dir / "checkpoint2.pt", max_len=40)[0].decoder.max_len == 40  # longer decoding
 
-    loader = get_coco_loader(workdir / "data" / "processed", "val", "image_captions", 3, shuffle=False)
+    loader = image_captions_loader(workdir / "data" / "processed", "val", 3)
     captions = caption_images(model, loader, tokenizer, EvalTransform(32), torch.device("cpu"), "fp32",
                               beam_size=2, alpha=0.6, max_len=10, limit=4, progress=False)
     assert list(captions) == loader.dataset.image_ids[:4].tolist()

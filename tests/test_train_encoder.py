@@ -9,9 +9,17 @@ import torch
 from PIL import Image
 
 import train_encoder
-from captioner.coco_data import FORMAT_VERSION, SplitData, write_json, write_split_json
-from captioner.image_captioner import ImageAutoEncoder, encoder_from_mae_checkpoint
-from captioner.training import CheckpointError, NonFiniteLossError, load_checkpoint, save_checkpoint
+from captioner.data.coco_annotations import SplitData
+from captioner.data.processed import FORMAT_VERSION, write_split_json
+from captioner.infra.fileio import write_json
+from captioner.models.captioner import encoder_from_mae_checkpoint
+from captioner.models.mae import MaskedAutoencoder
+from captioner.training.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from captioner.training.log import NonFiniteLossError
 
 CONFIG = str(Path(train_encoder.__file__).parent / "configs" / "shapes_encoder.yaml")
 SIZE = 16
@@ -23,7 +31,7 @@ TINY = [  # a 16 px ViT with 16 patches: each epoch is 3 steps of 8 images
 
 
 def write_split(processed, split, n, rng):
-    """A processed image split written with captioner/coco_data.py's own writers: blocks on noise."""
+    """A processed image split written with captioner/data/processed.py's own writers: blocks on noise."""
     images = rng.integers(0, 60, size=(n, SIZE, SIZE, 3), dtype=np.uint8)
     for i in range(n):
         y, x = rng.integers(0, SIZE - 6, size=2)
@@ -137,7 +145,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(processed, two
     good = tmp_path / "checkpoint1.pt"
     good.write_bytes((run_dir / "checkpoint1.pt").read_bytes())
     before = good.read_bytes()
-    real_forward = ImageAutoEncoder.forward
+    real_forward = MaskedAutoencoder.forward
     calls = []
 
     def poisoned(self, *a, **k):  # the second training step of the resumed epoch (step 4) goes NaN
@@ -145,7 +153,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(processed, two
         calls.append(1)
         return (loss * float("nan") if len(calls) == 2 else loss), pred, mask
 
-    monkeypatch.setattr(ImageAutoEncoder, "forward", poisoned)
+    monkeypatch.setattr(MaskedAutoencoder, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match="step 4") as info:
         train_encoder.main(["-c", str(good), "--device", "cpu", "--no-progress", "--set", f"run_dir={tmp_path}"])
     assert info.value.step == 4

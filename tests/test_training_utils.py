@@ -1,8 +1,9 @@
-"""The shared machinery of captioner/training.py, captioner/config.py and captioner/cli.py."""
+"""The shared machinery of captioner/training/, captioner/config.py and captioner/cli.py."""
 
 import argparse
 import json
 import random
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,31 +20,32 @@ from captioner.config import (
     config_to_dict,
     load_config,
 )
-from captioner.training import (
+from captioner.infra.compile import maybe_compile
+from captioner.training import log as log_module
+from captioner.training.checkpoints import (
     CheckpointError,
-    JsonlLogger,
-    NonFiniteLossError,
-    Trainer,
-    autocast,
     checkpoint_path,
     load_checkpoint,
     load_state_dict_checked,
-    lr_at_step,
-    make_grad_scaler,
-    make_optimizer,
-    maybe_compile,
-    param_groups,
-    resolve_device,
-    resolve_precision,
-    restore_training_state,
+    resume_from,
     rng_state,
     save_checkpoint,
     set_rng_state,
-    to_device,
     training_state,
 )
+from captioner.training.devices import (
+    autocast,
+    make_grad_scaler,
+    resolve_device,
+    resolve_precision,
+)
+from captioner.training.distributed import DistInfo, weighted_mean
+from captioner.training.log import JsonlLogger, LossMeter, NonFiniteLossError
+from captioner.training.optimizer import make_optimizer, param_groups
+from captioner.training.schedule import lr_at_step
 
 CPU = torch.device("cpu")
+SINGLE = DistInfo(rank=0, world_size=1, local_rank=0, is_main=True, device=CPU)  # a plain (not torchrun) run
 
 # ---- config -------------------------------------------------------------------------------------
 
@@ -154,17 +156,74 @@ def test_param_groups_exempt_biases_norms_and_tokens():
             self.pos_embed = nn.Parameter(torch.zeros(1, 3, 4))
 
     net = Net()
-    groups = param_groups(net.named_parameters(), weight_decay=0.05, lr_scale=0.5, name="enc")
+    groups = param_groups(net.named_parameters(), weight_decay=0.05, name="enc")
     decay = [g for g in groups if g["weight_decay"] > 0]
     assert len(decay) == 1 and decay[0]["params"] == [net.linear.weight]
     no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     assert no_decay == {id(net.linear.bias), id(net.norm.weight), id(net.norm.bias), id(net.mask_token),
                         id(net.pos_embed)}
-    assert all(g["lr_scale"] == 0.5 and g["name"] == "enc" for g in groups)
-    assert len(param_groups([("b", nn.Parameter(torch.zeros(3)))], 0.1)) == 1  # empty groups dropped
+    assert all(g["name"] == "enc" for g in groups)  # the key of the group's unfreeze lr multiplier
+    assert all(set(g) == {"params", "weight_decay", "name"} for g in groups)  # the scripts set the lr
+    only_bias = param_groups([("b", nn.Parameter(torch.zeros(3)))], 0.1)
+    assert len(only_bias) == 1 and only_bias[0]["name"] == "all"  # empty groups dropped; the default name
 
 
-# ---- the loops ----------------------------------------------------------------------------------
+# ---- the training loop's pieces: the loss meter, the validation mean ---------------------------------
+
+
+class FakeClock:
+    """``time.perf_counter`` for LossMeter, advanced by hand, so that items/s has a known value."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(log_module, "time", types.SimpleNamespace(perf_counter=fake.perf_counter, time=lambda: 0.0))
+    return fake
+
+
+def test_loss_meter_windows_epoch_mean_and_throughput(clock):
+    meter = LossMeter(CPU)  # created at t = 100 s: the first window starts there
+    losses = {10: 1.0, 11: 2.0, 12: 3.0, 13: 4.0, 14: 5.0}  # step -> loss; 8 items per step
+    for step in (10, 11):
+        meter.add(torch.tensor(losses[step]), step, 8)
+    assert meter.window_steps == 2
+    clock.now = 102.0
+    assert meter.window(12) == pytest.approx((1.5, 8.0))  # (1 + 2) / 2; 16 items in 2 s
+    assert meter.window_steps == 0  # the next window starts empty, at t = 102 s
+    for step in (12, 13, 14):
+        meter.add(torch.tensor(losses[step], requires_grad=True), step, 8)  # a loss with a graph is detached
+    clock.now = 106.0
+    assert meter.window(15) == pytest.approx((4.0, 6.0))  # (3 + 4 + 5) / 3: steps 12-14 only; 24 items in 4 s
+    assert meter.epoch_mean(15) == pytest.approx(3.0)  # (1 + 2 + 3 + 4 + 5) / 5: every step of the epoch
+    assert LossMeter(CPU).epoch_mean(0) == 0.0  # an epoch without steps
+    clock.now = 107.0
+    meter.add(torch.tensor(1.0), 15, 3)
+    assert meter.window(16)[1] > 0  # items/s: 3 items in 1 s
+
+
+def test_non_finite_loss_is_raised_at_the_next_read_naming_the_first_bad_step(clock):
+    meter = LossMeter(CPU)
+    meter.add(torch.tensor(1.0), 10, 8)
+    assert meter.window(11)[0] == 1.0  # finite so far
+    meter.add(torch.tensor(float("nan")), 11, 8)  # the first bad step: 11
+    meter.add(torch.tensor(float("inf")), 12, 8)  # adding does not read the device, so nothing raises yet
+    meter.add(torch.tensor(2.0), 13, 8)
+    with pytest.raises(NonFiniteLossError, match="step 11") as info:
+        meter.window(14)
+    assert info.value.step == 11
+    with pytest.raises(NonFiniteLossError) as info:  # the epoch's mean stops there too
+        meter.epoch_mean(14)
+    assert info.value.step == 11
+    with pytest.raises(NonFiniteLossError) as info:
+        meter.check_finite(14)
+    assert info.value.step == 11
 
 
 def regression_batches(n=6, seed=0):
@@ -181,60 +240,75 @@ def mse_loss_fn(model, batch):
     return nn.functional.mse_loss(model(batch["x"]), batch["y"]), batch["x"].shape[0]
 
 
-def make_trainer(model, tmp_path=None, lr=0.1, log_every=2, lr_scale=1.0):
-    groups = param_groups(model.named_parameters(), 0.0, lr_scale=lr_scale)
-    opt = make_optimizer(groups, lr, (0.9, 0.95), CPU)
-    logger = JsonlLogger(tmp_path / "log.jsonl") if tmp_path else None
-    return Trainer(model, opt, make_grad_scaler(CPU, "fp32"), CPU, "fp32", lambda step: lr, log_every=log_every,
-                   logger=logger, show_progress=False)
+def make_run(model, lr=0.1):
+    """The optimiser and (fp32: disabled) gradient scaler of a toy run, as the scripts build them."""
+    return make_optimizer(param_groups(model.named_parameters(), 0.0), lr, (0.9, 0.95), CPU), make_grad_scaler(CPU, "fp32")
 
 
-def test_trainer_learns_counts_steps_and_logs(tmp_path):
+def train_epoch(model, optimizer, scaler, batches, step, epoch=0, lr=0.1, log_every=2, logger=None):
+    """One epoch of the training scripts' loop (train_encoder.py, section 4) on the CPU in fp32.
+
+    Returns ``(mean training loss, step)``.
+    """
+    model.train()
+    parameters = [p for g in optimizer.param_groups for p in g["params"]]
+    meter = LossMeter(CPU)
+    for batch in batches:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(CPU, "fp32"):
+            loss, n_items = mse_loss_fn(model, batch)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        meter.add(loss, step, n_items)
+        step += 1
+        if meter.window_steps == log_every:
+            window_loss, items_per_s = meter.window(step)
+            if logger:
+                logger.log(epoch=epoch, step=step, loss=window_loss, lr=lr, items_per_s=items_per_s)
+    return meter.epoch_mean(step), step
+
+
+@torch.no_grad()
+def validation_loss(model, batches) -> float:
+    """The scripts' validation mean: losses weighted by their batch's items."""
+    model.eval()
+    total, count = torch.zeros(()), 0
+    for batch in batches:
+        loss, n_items = mse_loss_fn(model, batch)
+        total += loss * n_items
+        count += n_items
+    return weighted_mean(total, count, SINGLE)
+
+
+def test_the_scripts_loop_learns_counts_steps_and_logs(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
-    trainer = make_trainer(model, tmp_path, lr_scale=0.5)
+    optimizer, scaler = make_run(model)
+    logger = JsonlLogger(tmp_path / "log.jsonl")
     batches = regression_batches()
-    first = trainer.evaluate(batches, mse_loss_fn)
-    losses = [trainer.train_epoch(batches, mse_loss_fn, epoch=e) for e in range(5)]
-    assert trainer.step == 30
-    assert losses[-1] < losses[0] and trainer.evaluate(batches, mse_loss_fn) < first / 2
-    assert all(g["lr"] == pytest.approx(0.05) for g in trainer.optimizer.param_groups)  # lr * lr_scale
+    first = validation_loss(model, batches)
+    step, losses = 0, []
+    for epoch in range(5):
+        loss, step = train_epoch(model, optimizer, scaler, batches, step, epoch, logger=logger)
+        losses.append(loss)
+    assert step == 30
+    assert losses[-1] < losses[0] and validation_loss(model, batches) < first / 2
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == list(range(2, 31, 2))
     assert lines[0]["epoch"] == 0 and lines[0]["lr"] == 0.1 and lines[0]["items_per_s"] > 0
-    assert trainer.evaluate([], mse_loss_fn) == 0.0
 
 
-def test_evaluate_weights_batches_by_items():
+def test_validation_mean_weights_batches_by_items():
+    assert weighted_mean(torch.tensor(1.0 * 1 + 4.0 * 3), 4, SINGLE) == pytest.approx((1.0 * 1 + 4.0 * 3) / 4)
+    assert weighted_mean(torch.zeros(()), 0, SINGLE) == 0.0  # no batches
     model = nn.Linear(1, 1)
-    batches = [{"loss": 1.0, "n": 1}, {"loss": 4.0, "n": 3}]
-    trainer = make_trainer(model)
-    mean = trainer.evaluate(batches, lambda m, b: (torch.tensor(b["loss"]), b["n"]))
-    assert mean == pytest.approx((1.0 * 1 + 4.0 * 3) / 4)
+    validation_loss(model, [{"x": torch.ones(2, 1), "y": torch.zeros(2, 1)}])
     assert not model.training  # evaluation runs in eval mode
-
-
-def test_non_finite_loss_names_the_first_bad_step():
-    model = nn.Linear(2, 1)
-    trainer = make_trainer(model, log_every=4)
-    trainer.step = 10
-    calls = []
-
-    def loss_fn(m, batch):
-        calls.append(1)
-        loss, n = mse_loss_fn(m, batch)
-        return (loss + float("inf") if len(calls) in (2, 3) else loss), n
-
-    with pytest.raises(NonFiniteLossError, match="step 11") as info:
-        trainer.train_epoch(regression_batches(), loss_fn, epoch=0)
-    assert info.value.step == 11
-    assert len(calls) == 4  # detected at the next log interval, without a host sync per step
-
-
-def test_to_device_keeps_structure():
-    batch = {"a": torch.zeros(2), "b": [torch.ones(1), torch.ones(2)], "c": ["text"], "d": 3}
-    out = to_device(batch, CPU)
-    assert torch.equal(out["a"], batch["a"]) and isinstance(out["b"], list) and out["c"] == ["text"] and out["d"] == 3
 
 
 # ---- checkpoints --------------------------------------------------------------------------------
@@ -243,24 +317,31 @@ def test_to_device_keeps_structure():
 def test_checkpoint_round_trip_with_weights_only(tmp_path):
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
-    trainer = make_trainer(model)
-    trainer.train_epoch(regression_batches(2), mse_loss_fn, epoch=0)
-    payload = training_state(trainer, model, epoch=1, kind="toy", config={"a": 1}, history=[{"loss": 0.5}])
+    optimizer, scaler = make_run(model)
+    _, step = train_epoch(model, optimizer, scaler, regression_batches(2), 0)
+    payload = training_state(model, optimizer, scaler, step, epoch=1, kind="toy", config={"a": 1},
+                             history=[{"loss": 0.5}], extra="kept")
     path = save_checkpoint(checkpoint_path(tmp_path / "run", 1), payload)
     assert path.name == "checkpoint1.pt" and sorted(p.name for p in path.parent.iterdir()) == ["checkpoint1.pt"]
     raw = torch.load(path, weights_only=True)
-    assert raw["kind"] == "toy" and raw["step"] == 2 and raw["history"] == [{"loss": 0.5}]
+    assert raw["kind"] == "toy" and raw["step"] == 2 and raw["epoch"] == 1 and raw["history"] == [{"loss": 0.5}]
+    assert raw["config"] == {"a": 1} and raw["extra"] == "kept"
+    after_save = torch.rand(3)  # what the RNG draws next in the saved run
 
     fresh = nn.Linear(2, 1)
-    fresh_trainer = make_trainer(fresh)
-    restore_training_state(load_checkpoint(path, kind="toy"), fresh_trainer, fresh, path)
-    assert fresh_trainer.step == 2
+    fresh_optimizer, fresh_scaler = make_run(fresh)
+    assert resume_from(None, fresh, fresh_optimizer, fresh_scaler, path, SINGLE) == (0, 0, [])  # a fresh run
+    torch.manual_seed(123)
+    start_epoch, fresh_step, history = resume_from(load_checkpoint(path, kind="toy"), fresh, fresh_optimizer,
+                                                   fresh_scaler, path, SINGLE)
+    assert (start_epoch, fresh_step, history) == (1, 2, [{"loss": 0.5}])
+    assert torch.equal(torch.rand(3), after_save)  # the RNG states came back too
     assert torch.equal(fresh.weight, model.weight) and torch.equal(fresh.bias, model.bias)
-    assert torch.equal(fresh_trainer.optimizer.state_dict()["state"][0]["exp_avg"],
-                       trainer.optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"],
+                       optimizer.state_dict()["state"][0]["exp_avg"])
     # both continue identically
-    trainer.train_epoch(regression_batches(2, seed=1), mse_loss_fn, epoch=1)
-    fresh_trainer.train_epoch(regression_batches(2, seed=1), mse_loss_fn, epoch=1)
+    train_epoch(model, optimizer, scaler, regression_batches(2, seed=1), step, epoch=1)
+    train_epoch(fresh, fresh_optimizer, fresh_scaler, regression_batches(2, seed=1), fresh_step, epoch=1)
     assert torch.equal(fresh.weight, model.weight)
 
 
@@ -298,14 +379,13 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 
 def test_restore_into_a_different_optimiser_is_a_checkpoint_error(tmp_path):
     model = nn.Linear(2, 1)
-    trainer = make_trainer(model)
-    trainer.train_epoch(regression_batches(1), mse_loss_fn, epoch=0)
-    payload = training_state(trainer, model, epoch=1, kind="toy", config={}, history=[])
+    optimizer, scaler = make_run(model)
+    _, step = train_epoch(model, optimizer, scaler, regression_batches(1), 0)
+    payload = training_state(model, optimizer, scaler, step, epoch=1, kind="toy", config={}, history=[])
     other = nn.Linear(2, 1)
     opt = make_optimizer([{"params": [other.weight]}, {"params": [other.bias]}, {"params": []}], 0.1, (0.9, 0.95), CPU)
-    other_trainer = Trainer(other, opt, make_grad_scaler(CPU, "fp32"), CPU, "fp32", lambda s: 0.1, show_progress=False)
     with pytest.raises(CheckpointError, match="ck.pt: the optimiser state does not fit"):
-        restore_training_state(payload, other_trainer, other, "ck.pt")
+        resume_from(payload, other, opt, make_grad_scaler(CPU, "fp32"), "ck.pt", SINGLE)
 
 
 def test_write_failure_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -359,22 +439,36 @@ def test_run_script_turns_expected_errors_into_exit_status_2(capsys):
     assert info.value.code == 2 and "step 7" in capsys.readouterr().err
 
 
-# ---- known gaps: these fail until captioner/training.py and captioner/cli.py handle them -----------
+# ---- edge cases of resuming, configs and compiling ---------------------------------------------------
 
 
-def test_resuming_a_run_without_loss_scaling_under_fp16_is_not_a_raw_runtime_error():
+def test_resuming_a_run_without_loss_scaling_under_fp16_starts_a_fresh_scaler():
     """A bf16/fp32 run stores the state of a disabled GradScaler ({}); resuming it with fp16 (an older
-    GPU, or --set train.precision=fp16) must either start a fresh scaler or raise a CheckpointError."""
+    GPU, or --set train.precision=fp16) starts the enabled scaler from its defaults (loading {} into it
+    would be a raw RuntimeError)."""
     model = nn.Linear(2, 1)
-    trainer = make_trainer(model)
-    payload = training_state(trainer, model, epoch=1, kind="toy", config={}, history=[])
+    optimizer, scaler = make_run(model)
+    payload = training_state(model, optimizer, scaler, 0, epoch=1, kind="toy", config={}, history=[])
     assert payload["scaler"] == {}
-    fp16_like = make_trainer(nn.Linear(2, 1))
-    fp16_like.scaler = torch.amp.GradScaler("cpu", enabled=True)  # what make_grad_scaler gives for fp16
-    try:
-        restore_training_state(payload, fp16_like, fp16_like.model, "ck.pt")
-    except CheckpointError:
-        pass
+    fp16_model = nn.Linear(2, 1)
+    fp16_optimizer, _ = make_run(fp16_model)
+    fp16_scaler = torch.amp.GradScaler("cpu", enabled=True)  # what make_grad_scaler gives for fp16 (on CUDA)
+    assert resume_from(payload, fp16_model, fp16_optimizer, fp16_scaler, "ck.pt", SINGLE) == (1, 0, [])
+    assert fp16_scaler.is_enabled() and fp16_scaler.get_scale() == 2.0**16  # GradScaler's default initial scale
+    assert fp16_scaler.state_dict() == torch.amp.GradScaler("cpu", enabled=True).state_dict()
+    assert torch.equal(fp16_model.weight, model.weight)  # the rest of the state was restored
+
+
+def test_an_fp16_run_resumes_its_loss_scale():
+    model = nn.Linear(2, 1)
+    optimizer, _ = make_run(model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+    payload = training_state(model, optimizer, scaler, 0, epoch=1, kind="toy", config={}, history=[])
+    for scaler, scale in ((torch.amp.GradScaler("cpu", enabled=True), 1024.0),
+                          (make_grad_scaler(CPU, "fp32"), 1.0)):  # an fp16 run resumed in fp32/bf16: no scaling
+        fresh = nn.Linear(2, 1)
+        resume_from(payload, fresh, make_run(fresh)[0], scaler, "ck.pt", SINGLE)
+        assert scaler.get_scale() == scale
 
 
 def test_a_checkpoint_without_a_stored_config_is_a_checkpoint_error(tmp_path):

@@ -5,13 +5,14 @@ import io
 import pytest
 import torch
 
-from captioner.captioning import build_captioner, teacher_forcing_loss
 from captioner.config import CaptionDecoderConfig, UnfreezeConfig, ViTConfig
-from captioner.training import make_optimizer
-from captioner.unfreeze import (
+from captioner.models.captioner import build_captioner, teacher_forcing_loss
+from captioner.training.optimizer import make_optimizer
+from captioner.training.unfreeze import (
     GroupState,
-    apply_unfreeze,
     group_names,
+    set_trainable,
+    train_everything,
     unfreeze_groups,
     unfreeze_param_groups,
     unfreeze_schedule,
@@ -20,6 +21,7 @@ from captioner.unfreeze import (
 VIT = ViTConfig(image_size=16, patch_size=8, width=16, depth=3, heads=2)
 DECODER = CaptionDecoderConfig(width=16, depth=1, heads=2, dropout=0.0)
 CFG = UnfreezeConfig(start_epoch=1, decay=0.5)
+LR = 1e-2  # the schedule's learning rate of a step
 
 
 def tiny_captioner():
@@ -28,7 +30,17 @@ def tiny_captioner():
 
 
 def make_opt(model):
-    return make_optimizer(unfreeze_param_groups(model, weight_decay=0.1), 1e-2, (0.9, 0.95), torch.device("cpu"))
+    return make_optimizer(unfreeze_param_groups(model, weight_decay=0.1), LR, (0.9, 0.95), torch.device("cpu"))
+
+
+def states_at(epoch):
+    return unfreeze_schedule(VIT.depth, epoch, CFG.start_epoch, CFG.decay)
+
+
+def set_lrs(opt, states, lr=LR):
+    """What train_captioner.py does every step: each group's lr is the step's lr times its group's multiplier."""
+    for group in opt.param_groups:
+        group["lr"] = lr * states[group["name"]].lr_scale
 
 
 # what each epoch should look like for depth 3, start_epoch 1, decay 0.5 (scale 0 = frozen)
@@ -79,14 +91,20 @@ def test_groups_cover_every_parameter_once():
 
 
 @pytest.mark.parametrize("epoch", sorted(EXPECTED))
-def test_apply_sets_requires_grad_and_lr_scale(epoch):
+def test_set_trainable_and_the_scripts_lr_per_group(epoch):
     model = tiny_captioner()
     opt = make_opt(model)
-    apply_unfreeze(model, opt, epoch, CFG)
+    if epoch > 0:
+        set_trainable(model, states_at(epoch - 1))  # from the previous epoch's state, as a run goes
+    states = states_at(epoch)
+    set_trainable(model, states)
+    set_lrs(opt, states)
     for name, p in model.named_parameters():
         assert p.requires_grad == (EXPECTED[epoch][owner_of(name)] > 0), (epoch, name)
-    for group in opt.param_groups:
-        assert group["lr_scale"] == EXPECTED[epoch][group["name"]]
+    for group in opt.param_groups:  # the optimiser's groups agree with the parameters' unfreeze groups
+        expected = EXPECTED[epoch][group["name"]]
+        assert group["lr"] == pytest.approx(LR * expected), (epoch, group["name"])
+        assert all(p.requires_grad == (expected > 0) for p in group["params"]), (epoch, group["name"])
 
 
 def test_every_group_is_in_the_optimizer_from_the_start():
@@ -101,16 +119,19 @@ def test_every_group_is_in_the_optimizer_from_the_start():
 def test_from_scratch_trains_everything_at_full_lr():
     model = tiny_captioner()
     opt = make_opt(model)
-    states = apply_unfreeze(model, opt, 0, None)
+    set_trainable(model, states_at(0))  # whatever was frozen before ...
+    states = train_everything(VIT.depth)
+    assert list(states) == group_names(VIT.depth)
     assert all(s == GroupState(True, 1.0) for s in states.values())
+    set_trainable(model, states)  # ... trains now
+    set_lrs(opt, states)
     assert all(p.requires_grad for p in model.parameters())
-    assert all(g["lr_scale"] == 1.0 for g in opt.param_groups)
+    assert all(g["lr"] == LR for g in opt.param_groups)
 
 
-def train_step(model, opt, trainer_lr=1e-2):
-    """One optimiser step on a fixed random batch, lr scaled per group like the Trainer does."""
-    for group in opt.param_groups:
-        group["lr"] = trainer_lr * group["lr_scale"]
+def train_step(model, opt, states):
+    """One optimiser step on a fixed random batch, lr scaled per group like train_captioner.py does."""
+    set_lrs(opt, states)
     g = torch.Generator().manual_seed(1)
     images = torch.randn(2, 3, 16, 16, generator=g)
     tokens = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 9, 2, 0]])
@@ -123,9 +144,10 @@ def train_step(model, opt, trainer_lr=1e-2):
 def test_frozen_parameters_get_no_gradient_and_do_not_move():
     model = tiny_captioner()
     opt = make_opt(model)
-    apply_unfreeze(model, opt, 2, CFG)  # top two layers train
+    states = states_at(2)  # top two layers train
+    set_trainable(model, states)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    train_step(model, opt)
+    train_step(model, opt, states)
     for name, p in model.named_parameters():
         moved = not torch.equal(before[name], p)
         frozen = EXPECTED[2][owner_of(name)] == 0
@@ -139,7 +161,7 @@ def test_frozen_parameters_get_no_gradient_and_do_not_move():
 
 def test_frozen_encoder_records_no_graph():
     model = tiny_captioner()
-    apply_unfreeze(model, make_opt(model), 0, CFG)
+    set_trainable(model, states_at(0))
     features = model.encode(torch.randn(2, 3, 16, 16))
     assert features.grad_fn is None  # nothing saved for backward: as cheap as torch.no_grad
 
@@ -149,24 +171,28 @@ def test_state_after_resume_matches_an_uninterrupted_run():
     straight = tiny_captioner()
     straight_opt = make_opt(straight)
     for epoch in range(3):
-        apply_unfreeze(straight, straight_opt, epoch, CFG)
-        train_step(straight, straight_opt)
+        set_trainable(straight, states_at(epoch))
+        train_step(straight, straight_opt, states_at(epoch))
     buffer = io.BytesIO()  # a real checkpoint round trip (state_dict() alone would alias live tensors)
     torch.save({"model": straight.state_dict(), "opt": straight_opt.state_dict()}, buffer)
-    apply_unfreeze(straight, straight_opt, 3, CFG)
-    train_step(straight, straight_opt)
+    set_trainable(straight, states_at(3))
+    train_step(straight, straight_opt, states_at(3))
 
-    resumed = tiny_captioner()
+    resumed = tiny_captioner()  # a new process: everything trainable, every group at the base lr
     resumed_opt = make_opt(resumed)
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
     resumed.load_state_dict(saved["model"])
-    resumed_opt.load_state_dict(saved["opt"])  # brings back epoch 2's lr scales ...
-    apply_unfreeze(resumed, resumed_opt, 3, CFG)  # ... which the epoch's state replaces
+    resumed_opt.load_state_dict(saved["opt"])  # brings back epoch 2's learning rates ...
+    assert [g["lr"] for g in resumed_opt.param_groups] == \
+        pytest.approx([LR * EXPECTED[2][g["name"]] for g in resumed_opt.param_groups])
+    states = states_at(3)  # ... which the epoch's state replaces, with the parameters' trainability
+    set_trainable(resumed, states)
     for name, p in resumed.named_parameters():
         assert p.requires_grad == (EXPECTED[3][owner_of(name)] > 0), name
-    assert [g["lr_scale"] for g in resumed_opt.param_groups] == [EXPECTED[3][g["name"]] for g in resumed_opt.param_groups]
-    train_step(resumed, resumed_opt)
+    train_step(resumed, resumed_opt, states)
+    assert [g["lr"] for g in resumed_opt.param_groups] == \
+        pytest.approx([LR * EXPECTED[3][g["name"]] for g in resumed_opt.param_groups])
     for (name, a), b in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
 

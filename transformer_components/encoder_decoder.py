@@ -10,7 +10,7 @@ class TransformerEncoderDecoder(nn.Module):
     """encoder(src) -> memory (B, S, C); decoder(tokens, memory, ...) -> logits (B, T, V).
 
     The encoder may be any module (for images src is (B, 3, H, W)). The decoder follows the
-    protocol of transformer_components.generation (e.g. captioner.caption_decoder.CaptionDecoder):
+    protocol of transformer_components.generation (e.g. captioner.models.caption_decoder.CaptionDecoder):
     decoder(tokens, memory, memory_padding_mask=None, cache=None) and decoder.new_cache(); for
     `forward` with `src_index` it also takes `memory_index=` (see TransformerDecoder).
     """

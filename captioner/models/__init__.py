@@ -1,0 +1,1 @@
+"""Models: the ViT (``vit.py``), the masked autoencoder (``mae.py``), the caption decoder, the captioner."""

@@ -1,0 +1,124 @@
+"""The Vision Transformer: patches, the patch embedding and the encoder.
+
+1. :func:`patchify` cuts images into flattened patches (:func:`unpatchify` puts them back);
+2. :class:`PatchEmbedding` maps each patch to a ``width``-dimensional token (a strided convolution
+   is the same linear map on every patch);
+3. :class:`ImageEncoder` is the ViT: patch tokens + fixed 2-D sin-cos position embeddings, then a
+   stack of pre-norm transformer layers with a final LayerNorm. MAE pretrains it
+   (``captioner/models/mae.py``) and the captioner reuses it unchanged
+   (``captioner/models/captioner.py``).
+
+Shapes: B images, 3 channels, H = W = image_size, p = patch_size, L = (H / p)^2 patches,
+D = p * p * 3 pixel values per patch, C the encoder width.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from captioner.config import ViTConfig
+from transformer_components import TransformerEncoder, sincos_2d_position_encoding
+
+
+def patchify(images: Tensor, patch_size: int) -> Tensor:
+    """Cut images into non-overlapping patches, row-major, each flattened as (row, column, channel).
+
+    images (B, 3, H, W) -> (B, L, p*p*3) with L = (H/p) * (W/p).
+
+    Example: a (1, 3, 4, 4) image with p = 2 gives 4 patches of 12 values; patch 1 is the top-right
+    2x2 block, and its first 3 values are the RGB of pixel (0, 2).
+    """
+    B, C, H, W = images.shape
+    p = patch_size
+    if H % p or W % p:
+        raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
+    h, w = H // p, W // p
+    x = images.reshape(B, C, h, p, w, p)  # (B, C, h, p, w, p)
+    x = x.permute(0, 2, 4, 3, 5, 1)  # (B, h, w, p, p, C)
+    return x.reshape(B, h * w, p * p * C)  # (B, L, D)
+
+
+def unpatchify(patches: Tensor, patch_size: int, channels: int = 3) -> Tensor:
+    """The exact inverse of :func:`patchify` for square images: (B, L, p*p*C) -> (B, C, H, W)."""
+    B, L, _ = patches.shape
+    p = patch_size
+    h = w = int(round(L**0.5))
+    if h * w != L:
+        raise ValueError(f"{L} patches do not form a square grid")
+    x = patches.reshape(B, h, w, p, p, channels)  # (B, h, w, p, p, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
+    return x.reshape(B, channels, h * p, w * p)  # (B, C, H, W)
+
+
+class PatchEmbedding(nn.Module):
+    """Image -> one ``width``-dimensional token per patch: (B, 3, H, W) -> (B, L, C).
+
+    A Conv2d whose kernel and stride both equal the patch size sees each patch exactly once, so it is
+    the same map as a Linear layer applied to :func:`patchify`'s output: the Linear weight is the
+    conv weight (C, 3, p, p) permuted to (C, p, p, 3) and flattened to (C, p*p*3). The convolution is
+    used because it skips the explicit reshuffle of pixels.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, width: int, channels: int = 3):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        self.image_size, self.patch_size = image_size, patch_size
+        self.grid_size = image_size // patch_size
+        self.num_patches = self.grid_size**2
+        self.proj = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size)
+        # MAE initialises the patch projection like a Linear layer on the flattened patch.
+        nn.init.xavier_uniform_(self.proj.weight.view(width, -1))
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}")
+        x = self.proj(images)  # (B, C, h, w)
+        return x.flatten(2).transpose(1, 2)  # (B, L, C), patches row-major like patchify
+
+    def as_linear_weight(self) -> Tensor:
+        """The equivalent Linear weight (C, p*p*3) acting on :func:`patchify` output."""
+        return self.proj.weight.permute(0, 2, 3, 1).flatten(1)
+
+
+def init_linear_and_norm(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform Linear weights, zero biases, LayerNorm = identity."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class ImageEncoder(nn.Module):
+    """The Vision Transformer: images (B, 3, H, W) -> patch features (B, L, C).
+
+    ``embed`` (patches + fixed position embedding) and ``transformer`` (pre-norm layers + final
+    norm) are separate steps so that MAE can drop the masked tokens in between: they never reach
+    a transformer layer. There is no class token; the captioner attends over all patch features.
+    """
+
+    def __init__(self, vit: ViTConfig):
+        super().__init__()
+        if vit.width % 4:
+            raise ValueError(f"the ViT width must be divisible by 4 for 2-D sin-cos positions, got {vit.width}")
+        self.config = vit
+        self.patch_embed = PatchEmbedding(vit.image_size, vit.patch_size, vit.width)
+        self.num_patches = self.patch_embed.num_patches
+        grid = self.patch_embed.grid_size
+        # Fixed, derived from the config: not a parameter, and not stored in checkpoints.
+        self.register_buffer("pos_embed", sincos_2d_position_encoding(grid, grid, vit.width)[None], persistent=False)
+        self.transformer = TransformerEncoder(vit.depth, vit.width, vit.heads, int(vit.width * vit.mlp_ratio), vit.dropout)
+        init_linear_and_norm(self.transformer)
+
+    def embed(self, images: Tensor) -> Tensor:
+        """Patch tokens with their position embedding: (B, 3, H, W) -> (B, L, C)."""
+        return self.patch_embed(images) + self.pos_embed  # (B, L, C)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, L, C): features of every patch, after the final LayerNorm."""
+        return self.transformer(self.embed(images))

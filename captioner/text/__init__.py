@@ -1,0 +1,1 @@
+"""Text: normalisation, and the BPE and WordPiece subword tokenizers with their file format."""

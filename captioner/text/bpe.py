@@ -1,0 +1,169 @@
+"""Byte-pair encoding (BPE) on characters, trained on a word-frequency table.
+
+A word is spelled as its characters followed by an end-of-word symbol, so that
+decoding knows where words end::
+
+    "low"  ->  ["l", "o", "w", "</w>"]
+
+Training repeatedly merges the most frequent adjacent pair of symbols into a new
+symbol ("e" + "s" -> "es") until the vocabulary is full. Because captions repeat
+the same few thousand words, training counts each distinct word once (with its
+frequency) and, after each merge, updates the pair counts of only the words that
+contained the merged pair. Encoding a word replays the merges in the order they
+were learned.
+
+This module knows nothing about ids or special tokens; `captioner.text.tokenizers`
+wraps it into a tokenizer.
+"""
+
+import heapq
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+
+END_OF_WORD = "</w>"
+
+Pair = tuple[str, str]
+
+
+def get_stats(symbols: Sequence[str], counts: dict[Pair, int] | None = None, weight: int = 1) -> dict[Pair, int]:
+    """Count adjacent pairs of symbols, adding `weight` per occurrence to `counts`.
+
+    >>> get_stats(["l", "o", "l", "o"])
+    {('l', 'o'): 2, ('o', 'l'): 1}
+    """
+    counts = {} if counts is None else counts
+    for pair in zip(symbols, symbols[1:]):
+        counts[pair] = counts.get(pair, 0) + weight
+    return counts
+
+
+def merge(symbols: Sequence[str], pair: Pair, new_symbol: str) -> list[str]:
+    """Replace every occurrence of `pair`, scanning left to right, by `new_symbol`.
+
+    >>> merge(["a", "a", "a", "b"], ("a", "a"), "aa")
+    ['aa', 'a', 'b']
+    """
+    first, second = pair
+    merged, i = [], 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == first and symbols[i + 1] == second:
+            merged.append(new_symbol)
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return merged
+
+
+def spell(word: str) -> list[str]:
+    """The symbols a word starts from: ``spell("low") == ["l", "o", "w", "</w>"]``."""
+    return [*word, END_OF_WORD]
+
+
+def train_bpe(
+    word_counts: Mapping[str, int],
+    n_tokens: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[str], list[Pair]]:
+    """Learn BPE merges from a table ``{word: frequency}``.
+
+    Returns ``(alphabet, merges)``: the alphabet is ``"</w>"`` followed by every
+    character of the words in sorted order; merges are learned until alphabet plus
+    merged tokens number `n_tokens`, or no pair is left. The most frequent pair wins;
+    ties go to the smallest pair in string order, so training is deterministic.
+    ``progress(done, total)`` is called after each merge.
+
+    >>> train_bpe({"aab": 2, "ab": 1}, 5)
+    (['</w>', 'a', 'b'], [('a', 'b'), ('ab', '</w>')])
+    """
+    alphabet = [END_OF_WORD, *sorted({ch for word in word_counts for ch in word})]
+    if n_tokens < len(alphabet):
+        raise ValueError(
+            f"the training text has {len(alphabet)} symbols (its characters and the end-of-word marker), "
+            f"more than the {n_tokens} tokens allowed (special tokens excluded)"
+        )
+    words = [spell(word) for word in word_counts]
+    freqs = list(word_counts.values())
+    pair_counts: dict[Pair, int] = {}
+    # pair -> indices of the words containing it, so a merge visits only those words.
+    # Entries may go stale (the word lost the pair to an earlier merge); merge() then changes nothing.
+    where: dict[Pair, set[int]] = defaultdict(set)
+    for i, (symbols, freq) in enumerate(zip(words, freqs)):
+        get_stats(symbols, pair_counts, freq)
+        for pair in zip(symbols, symbols[1:]):
+            where[pair].add(i)
+    # Max-heap by count with lazy deletion: an entry is stale when its count differs from pair_counts.
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    known = set(alphabet)
+    merges: list[Pair] = []
+    total = n_tokens - len(alphabet)
+    while len(known) < n_tokens and heap:
+        neg_count, pair = heapq.heappop(heap)
+        if pair_counts.get(pair) != -neg_count:
+            continue
+        merges.append(pair)
+        new_token = pair[0] + pair[1]
+        known.add(new_token)
+        delta: dict[Pair, int] = defaultdict(int)
+        for i in where.pop(pair):
+            old = words[i]
+            new = merge(old, pair, new_token)
+            if len(new) == len(old):
+                continue
+            words[i] = new
+            get_stats(old, delta, -freqs[i])
+            get_stats(new, delta, freqs[i])
+            for new_pair in zip(new, new[1:]):
+                if new_token in new_pair:
+                    where[new_pair].add(i)
+        for changed, d in delta.items():
+            if d == 0:
+                continue
+            count = pair_counts.get(changed, 0) + d
+            if count > 0:
+                pair_counts[changed] = count
+                heapq.heappush(heap, (-count, changed))
+            else:
+                del pair_counts[changed]
+        if progress is not None:
+            progress(len(known) - len(alphabet), total)
+    return alphabet, merges
+
+
+def encode_word(word: str, ranks: Mapping[Pair, int]) -> list[str]:
+    """Split one word into BPE tokens by replaying merges, earliest-learned first.
+
+    `ranks` maps each merge to its position in the merge list.
+
+    >>> encode_word("abab", {("a", "b"): 0, ("ab", "</w>"): 1})
+    ['ab', 'ab</w>']
+    """
+    symbols = spell(word)
+    while len(symbols) > 1:
+        pair = min(zip(symbols, symbols[1:]), key=lambda p: ranks.get(p, len(ranks)))
+        if pair not in ranks:
+            break
+        symbols = merge(symbols, pair, pair[0] + pair[1])
+    return symbols
+
+
+def join_tokens(tokens: Sequence[str]) -> str:
+    """Glue BPE tokens back into words separated by single spaces.
+
+    A token ending in ``</w>`` ends a word. Normalised words never contain ``<``
+    next to other characters, so that suffix cannot occur any other way.
+
+    >>> join_tokens(["lo", "w</w>", "es", "t", "</w>"])
+    'low est'
+    """
+    words, current = [], ""
+    for token in tokens:
+        if token.endswith(END_OF_WORD):
+            words.append(current + token[: -len(END_OF_WORD)])
+            current = ""
+        else:
+            current += token
+    words.append(current)
+    return " ".join(word for word in words if word)

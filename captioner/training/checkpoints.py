@@ -1,0 +1,170 @@
+"""Checkpoints: what a run saves after every epoch, written atomically, and how it is read back.
+
+A checkpoint is a plain dict of state_dicts and plain data (model, optimiser, scaler, step, epoch,
+the resolved config, RNG states, history), loadable with ``torch.load(..., weights_only=True)``.
+It is written at the end of an epoch; the data order of epoch ``e`` is a function of ``(seed, e)``
+and the learning rate a function of the step, so a resumed run repeats exactly what an
+uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from captioner.infra.fileio import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from captioner.training.distributed import DistInfo
+
+
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or of the wrong kind for this script."""
+
+
+def rng_state() -> dict:
+    """Every RNG the training touches, as tensors and plain Python data (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` captured (CUDA states only where this machine has the same GPUs)."""
+    random.setstate(_as_tuples(state["python"]))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["gauss"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _as_tuples(x: Any) -> Any:
+    """Python's random state must be nested tuples; a round trip through a checkpoint may give lists."""
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write ``payload`` atomically (temporary file, fsync, ``os.replace``; see :func:`atomic_write_bytes`).
+
+    A crash mid-write leaves the previous checkpoint (if any) intact and no file that looks finished.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **payload}, buffer)
+    return atomic_write_bytes(path, buffer.getbuffer())
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path:
+    """The ``checkpoint{N}.pt`` with the largest N in ``run_dir`` (CheckpointError if there is none)."""
+    run_dir = Path(run_dir)
+    numbered = [(int(p.stem[len("checkpoint"):]), p) for p in run_dir.glob("checkpoint*.pt")
+                if p.stem[len("checkpoint"):].isdigit()]
+    if not numbered:
+        raise CheckpointError(f"{run_dir}: no checkpoint<N>.pt files in this folder")
+    return max(numbered)[1]
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
+    """Load a checkpoint with ``weights_only=True`` onto the CPU, checking its format and ``kind``.
+
+    ``path`` may also be a run folder: its latest ``checkpoint{N}.pt`` is loaded.
+
+    Raises CheckpointError naming the file for a missing, unreadable or mismatched checkpoint.
+    """
+    path = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (truncated, corrupt, or not saved by this project; "
+            f"{type(e).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of this project (format {CHECKPOINT_FORMAT} expected)")
+    if kind is not None and payload.get("kind") != kind:
+        raise CheckpointError(f"{path}: this is a {payload.get('kind')!r} checkpoint, but a {kind!r} checkpoint is needed")
+    return payload
+
+
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """``run_dir/checkpoint{epoch}.pt``, where ``epoch`` counts completed epochs (1 after the first)."""
+    return Path(run_dir) / f"checkpoint{epoch}.pt"
+
+
+def load_state_dict_checked(module: nn.Module, state_dict: dict, source: str | Path) -> None:
+    """``module.load_state_dict`` with an error that names the checkpoint and the mismatched keys/shapes."""
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:4])
+        raise CheckpointError(f"{source}: the weights do not fit this model: {detail}") from None
+
+
+def training_state(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, step: int,
+                   epoch: int, kind: str, config: dict, history: list, **extra: Any) -> dict:
+    """Everything a run needs to continue exactly, for :func:`save_checkpoint`.
+
+    ``model`` is the plain module (not the compiled or DDP-wrapped one), so the keys carry no prefix.
+    """
+    return {
+        "kind": kind,
+        "epoch": epoch,
+        "step": step,
+        "config": config,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": rng_state(),
+        "history": history,
+        **extra,
+    }
+
+
+def resume_from(payload: dict | None, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, source: str | Path, dist: DistInfo) -> tuple[int, int, list]:
+    """Restore a :func:`training_state` payload; return ``(first epoch to run, step, history so far)``.
+
+    ``payload`` None is a fresh run: ``(0, 0, [])``. Loads the model, optimiser and scaler states and
+    the RNG states. [distributed] A checkpoint written by as many processes gives each process its own
+    RNG states back (``rng_by_rank``); any other gives every process rank 0's. Only rank 0 prints.
+    """
+    if payload is None:
+        return 0, 0, []
+    load_state_dict_checked(model, payload["model"], source)
+    try:
+        optimizer.load_state_dict(payload["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{source}: the optimiser state does not fit this model: {e}") from None
+    if payload["scaler"] and scaler.is_enabled():
+        scaler.load_state_dict(payload["scaler"])
+    # else: the run switched between fp16 and bf16/fp32; the fresh scaler starts from its defaults.
+    set_rng_state(payload["rng"])
+    by_rank = payload.get("rng_by_rank")
+    if dist.distributed and by_rank is not None and len(by_rank) == dist.world_size:
+        set_rng_state(by_rank[dist.rank])  # [distributed] this process's own dropout stream
+    if dist.is_main:
+        print(f"resuming {source} after epoch {payload['epoch']} (step {payload['step']})")
+    return payload["epoch"], payload["step"], list(payload["history"])

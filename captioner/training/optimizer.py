@@ -1,0 +1,40 @@
+"""AdamW and its parameter groups: no weight decay on biases, norms and learned tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+
+def is_no_decay(name: str, param: nn.Parameter) -> bool:
+    """Biases and norm weights (rank < 2), and learned tokens, are not weight-decayed."""
+    return param.ndim < 2 or name.endswith(("mask_token", "cls_token", "pos_embed"))
+
+
+def param_groups(
+    named_parameters: Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    name: str = "all",
+) -> list[dict]:
+    """Split parameters into a decayed and a non-decayed AdamW group, both called ``name``.
+
+    The training scripts set each group's ``lr`` every step; the captioner's name its unfreeze group,
+    whose learning-rate multiplier the script applies.
+    """
+    decay, no_decay = [], []
+    for pname, p in named_parameters:
+        (no_decay if is_no_decay(pname, p) else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "name": name},
+        {"params": no_decay, "weight_decay": 0.0, "name": name},
+    ]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device):
+    """AdamW over ``groups``; the fused CUDA kernel when on a GPU."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
