@@ -17,9 +17,15 @@ shared by all its captions. A pretrained encoder is unfrozen layer by layer from
 
 Each epoch: the training loss, the validation loss, BLEU-4 of beam-search captions on the first
 ``eval.bleu_images`` validation images, a few sample captions beside a reference, one line in
-``log.jsonl`` and ``checkpoint{N}.pt`` (N = completed epochs); the best epoch by BLEU-4 is also kept
-as ``checkpoint_best.pt``. With ``eval.patience`` > 0 training stops after that many epochs without
-a better BLEU-4.
+``log.jsonl``, ``curves.png`` (losses, learning rate and BLEU-4 so far) and ``checkpoint{N}.pt``
+(N = completed epochs); the best epoch by BLEU-4 is also kept as ``checkpoint_best.pt``.
+
+The training step is written out in ``main``, in numbered sections: 5a the learning rate of the step
+with each group's unfreezing multiplier, 5b the forward pass and the loss under autocast, 5c backward,
+clipping and the optimiser step, 5d the log line; then 6 validation (loss and BLEU-4) and 7 the
+checkpoint.
+
+With ``eval.patience`` > 0 training stops after that many epochs without a better BLEU-4.
 
 Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the learning rate a
 function of the step, the freeze state a function of the epoch, and the checkpoint holds the model,

@@ -7,7 +7,12 @@
 Each epoch: one pass over the training images (random resized crop + flip, 75 % of the patches
 hidden), the reconstruction loss on the validation images (fixed masks, so epochs are comparable),
 a picture ``reconstruction{N}.png`` (original | masked | reconstruction), a line in ``log.jsonl``,
-and ``checkpoint{N}.pt`` (N = completed epochs), all in the run directory.
+``curves.png`` (loss and learning rate so far) and ``checkpoint{N}.pt`` (N = completed epochs), all in
+the run directory.
+
+The training step is written out in ``main``, in numbered sections: 4a the learning rate of the step,
+4b the forward pass and the loss under autocast, 4c backward, clipping and the optimiser step, 4d the
+log line; then 5 validation and 6 the checkpoint. The helpers it calls are plain functions.
 
 Exact resume: the data order, the augmentation and the masks of epoch ``e`` come from generators
 seeded with ``(seed, e)``, the learning rate is a function of the step, and the checkpoint holds the
