@@ -11,15 +11,20 @@ Each batch of images is decoded at once by beam search over the KV cache with GN
 normalisation; the captions are scored with BLEU-1..4 and CIDEr-D as the COCO caption toolkit
 computes them (``captioner/evaluation/metrics.py``), beside the *blind baseline*: the single training caption
 that is best for every image (``captioner/evaluation/blind_baseline.py``), which shows how much of the score
-the image earns. COCO's test split has no public captions: then the captions are written and no
-scores are computed.
+the image earns. On the shapes data the captions are also checked against the scenes the generator
+drew (``captioner/evaluation/truth.py``): the share of their claims that are true, the share true in
+full, and how well the whole-scene captions get the objects' count, colours and shapes. COCO's test
+split has no public captions: then the captions are written and no scores are computed (the truth
+score needs no references, so a shapes test split still gets it).
 
 Written to ``--out-dir`` (default: ``eval_<checkpoint name>_<split>`` beside the checkpoint):
 
 - ``captions.json``: the COCO results format ``[{"image_id": int, "caption": str}]``, which the
   official toolkit reads too (``--out`` puts it elsewhere);
-- ``captions.scores.json`` beside it: the scores, the blind baseline and the settings;
-- ``samples.png``: sample images with the generated caption and one reference;
+- ``captions.scores.json`` beside it: the scores, the truth score (null on COCO), the blind baseline
+  and the settings;
+- ``samples.png``: sample images with the generated caption and one reference; on shapes each
+  caption is marked true (green) or false (red), gray where the truth parser could not read it;
 - ``attention.png``: for a few images, the decoder's cross-attention over the image patches while
   it generated each word (last layer, heads averaged).
 """
@@ -44,6 +49,7 @@ from captioner.evaluation.blind_baseline import blind_scores, choose_blind_capti
 from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.metrics import evaluate_captions
 from captioner.evaluation.pictures import attention_figure, captions_figure, save_png
+from captioner.evaluation.truth import check_caption, shapes_scenes, truth_scores
 from captioner.infra.fileio import atomic_write_bytes
 from captioner.models.captioner import load_captioner
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
@@ -51,6 +57,10 @@ from captioner.training.checkpoints import latest_checkpoint
 from captioner.training.devices import autocast, resolve_device, resolve_precision
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")
+# The truth score's rows in the printed table: (label, where in truth_scores' dict).
+TRUTH_ROWS = (("claims true", ("claims_true",)), ("captions true", ("captions_true",)), ("unparsed", ("unparsed",)),
+              ("scene: count", ("whole_scene", "count")), ("scene: colours", ("whole_scene", "colours")),
+              ("scene: shapes", ("whole_scene", "shapes")))
 N_SAMPLES = 8  # images in samples.png
 N_ATTENTION = 3  # images in attention.png
 PICTURE_PIXELS = 192  # small images are enlarged (nearest neighbour) to about this size in the PNGs
@@ -58,9 +68,10 @@ PICTURE_PIXELS = 192  # small images are enlarged (nearest neighbour) to about t
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Caption a split with batched beam search, print BLEU-1..4 and CIDEr-D beside a blind "
-                    "baseline, and write the captions (COCO results format), the scores, a PNG of sample "
-                    "captions and a PNG of the decoder's cross-attention per word.",
+        description="Caption a split with batched beam search, print BLEU-1..4, CIDEr-D and (on the shapes data) "
+                    "the truth score beside a blind baseline, and write the captions (COCO results format), the "
+                    "scores, a PNG of sample captions marked true/false and a PNG of the decoder's cross-attention "
+                    "per word.",
         epilog="example: python evaluate.py -c runs/shapes_captioner/checkpoint_best.pt --beam 6",
     )
     parser.add_argument("-c", "--checkpoint", required=True,
@@ -121,10 +132,25 @@ def picture_scale(image_size: int) -> int:
     return max(1, PICTURE_PIXELS // image_size)
 
 
-def score_table(model_scores: dict, blind: dict) -> str:
-    """The two score columns side by side, one metric a line."""
-    lines = [f"{'':10}{'model':>10}{'blind':>10}"]
-    lines += [f"{name:10}{model_scores[name]:10.4f}{blind[name]:10.4f}" for name in METRICS]
+def _at(scores: dict | None, path: tuple[str, ...]):
+    """``scores[path[0]][path[1]]...``, or None when ``scores`` or a value on the way is None."""
+    for key in path:
+        scores = None if scores is None else scores[key]
+    return scores
+
+
+def _cell(value: float | None) -> str:
+    return f"{value:10.4f}" if value is not None else f"{'-':>10}"
+
+
+def score_table(model_scores: dict | None, blind: dict | None, truth: dict | None = None) -> str:
+    """The model's and the blind baseline's scores side by side, one metric a line: BLEU and CIDEr-D
+    (when there are references), then the truth score's rows (on shapes); "-" where there is no value."""
+    rows = [(name, model_scores[name], blind[name]) for name in METRICS] if model_scores is not None else []
+    if truth is not None:
+        rows += [(label, _at(truth["model"], path), _at(truth["blind_baseline"], path)) for label, path in TRUTH_ROWS]
+    lines = [f"{'':16}{'model':>10}{'blind':>10}"]
+    lines += [f"{label:16}{_cell(model)}{_cell(blind)}" for label, model, blind in rows]
     return "\n".join(lines)
 
 
@@ -163,8 +189,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    # ---- caption the split ------------------------------------------------------------------
+    # ---- the scenes, on shapes: before captioning, so that a mismatched folder fails fast ------
     loader = image_captions_loader(processed_dir, args.split, batch_size)
+    try:
+        all_references = reference_captions(loader.dataset, loader.dataset.image_ids)
+        scenes = shapes_scenes(processed_dir, list(all_references), all_references)  # None on COCO
+    except FileNotFoundError as e:
+        print(f"note: no truth score: {e}")
+        scenes = None
+
+    # ---- caption the split ------------------------------------------------------------------
     transform = EvalTransform(model.encoder.config.image_size)
     start = time.perf_counter()
     captions = caption_images(model, loader, tokenizer, transform, device, precision, beam, alpha, max_len,
@@ -175,13 +209,13 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"captioned {len(captions)} {args.split} images in {seconds:.1f} s ({len(captions) / seconds:.1f} "
           f"images/s) on {device} ({precision}), beam {beam}, alpha {alpha:g}, max_len {max_len} -> {results_path}")
 
-    # ---- scores, beside the blind baseline --------------------------------------------------
+    # ---- scores and the truth score, beside the blind baseline ------------------------------
     references = reference_captions(loader.dataset, captions)
     scored = {image_id: refs for image_id, refs in references.items() if refs}
-    model_scores = blind = None
+    model_scores = blind = truth = None
     if not scored:
         print(f"split {args.split!r} of {processed_dir} has no reference captions (COCO's test split never "
-              "does): the captions are written, but no scores can be computed")
+              "does): the captions are written, but no BLEU or CIDEr-D can be computed")
     else:
         if len(scored) < len(references):
             print(f"note: {len(references) - len(scored)} images have no reference captions and are not scored")
@@ -190,18 +224,29 @@ def main(argv: list[str] | None = None) -> dict:
         blind = {"caption": chosen.caption, "heldout_cider_d": chosen.heldout_cider_d,
                  "n_candidates": chosen.n_candidates, "n_heldout": chosen.n_heldout,
                  "scores": blind_scores(chosen.caption, scored)}
-        print(score_table(model_scores, blind["scores"]))
+    if scenes is not None:
+        truth = {"model": truth_scores(captions, scenes),
+                 "blind_baseline": truth_scores(dict.fromkeys(captions, blind["caption"]), scenes) if blind else None}
+    if model_scores is not None or truth is not None:
+        print(score_table(model_scores, blind["scores"] if blind else None, truth))
+    if model_scores is not None:
         print(f"images {model_scores['n_images']}, empty captions {model_scores['n_empty']}; "
               f"beam {beam}, alpha {alpha:g}")
         print(f"blind baseline: {chosen.caption!r} for every image (of the {chosen.n_candidates} most frequent "
               f"training captions, the best CIDEr-D on {chosen.n_heldout} held-out training images)")
+    if truth is not None:
+        whole = truth["model"]["whole_scene"]["n_captions"]
+        print(f"truth: {truth['model']['n_claims']} claims checked against the generator's scenes; unparsed captions "
+              f"count as not true and their claims are not counted; scene: rows cover the {whole} captions that "
+              "list the whole scene, object by object from the left")
 
     # ---- pictures ---------------------------------------------------------------------------
     n_samples = min(N_SAMPLES, len(captions))
     images, image_ids = first_images(loader.dataset, n_samples)  # (n, 3, S, S) uint8
+    verdicts = [check_caption(captions[i], scenes[i]).true for i in image_ids] if scenes is not None else None
     samples = captions_figure(images, [captions[i] for i in image_ids],
                               [references[i][0] if references[i] else None for i in image_ids],
-                              scale=picture_scale(images.shape[-1]))
+                              scale=picture_scale(images.shape[-1]), verdicts=verdicts)
     samples_path = save_png(samples, out_dir / "samples.png")
     attention = draw_attention(model, tokenizer, images[:N_ATTENTION], transform, device, precision, beam, alpha,
                                max_len)
@@ -212,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint": str(checkpoint), "split": args.split, "processed_dir": str(processed_dir),
         "n_images": len(captions), "beam_size": beam, "alpha": alpha, "max_len": max_len,
         "device": str(device), "precision": precision, "caption_seconds": round(seconds, 3),
-        "model": model_scores, "blind_baseline": blind,
+        "model": model_scores, "blind_baseline": blind, "truth": truth,
         "files": {"captions": str(results_path), "samples": str(samples_path), "attention": str(attention_path)},
     }
     write_json(scores_path, summary)

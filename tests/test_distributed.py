@@ -186,6 +186,23 @@ def parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def without_timing(history: list[dict]) -> list[dict]:
+    """A script's history without its wall-clock fields."""
+    return [{k: v for k, v in h.items() if k not in ("seconds", "images_per_s", "captions_per_s")} for h in history]
+
+
+def single_process_payload(payload: dict) -> dict:
+    """A two-process checkpoint as one process would have saved the same state: rank 0's RNG states,
+    no per-rank list. Checks first that the checkpoint's own RNG states are rank 0's."""
+    by_rank = payload["rng_by_rank"]
+    assert len(by_rank) == WORLD
+    assert torch.equal(payload["rng"]["torch"], by_rank[0]["torch"])  # written by rank 0
+    assert not torch.equal(by_rank[0]["torch"], by_rank[1]["torch"])  # the processes' dropout streams differ
+    single = {k: v for k, v in payload.items() if k != "rng_by_rank"}
+    single["rng"] = by_rank[0]
+    return single
+
+
 # ---- what each of the two processes does ---------------------------------------------------------
 
 
@@ -205,11 +222,24 @@ def _worker(rank: int, ports: list[int], workdir: Path) -> None:
     os.environ["MASTER_PORT"] = str(ports[1])
     seen["encoder_history"] = train_encoder.main(
         script_args("shapes_encoder.yaml", workdir, *TINY_ENCODER, f"run_dir={workdir / 'encoder'}", "train.epochs=1"))
-    # the captioner on that encoder: its one layer is unfrozen in epoch 2, so DDP is re-wrapped then
+    # the captioner on that encoder: its one layer is unfrozen in epoch 2, so DDP is re-wrapped then.
+    # Every process builds the checkpoint payload (training_state) after each epoch: record this
+    # process's own weights there, to compare the two processes' copies.
     os.environ["MASTER_PORT"] = str(ports[2])
-    seen["captioner_history"] = train_captioner.main(
-        script_args("shapes_captioner.yaml", workdir, *TINY_CAPTIONER, f"run_dir={workdir / 'captioner'}",
-                    "train.epochs=2") + ["-p", str(workdir / "encoder" / "checkpoint1.pt")])
+    seen["captioner_weights"] = []
+    real_training_state = train_captioner.training_state
+
+    def recording_training_state(model, *args, **kwargs):
+        seen["captioner_weights"].append(parameters(model))
+        return real_training_state(model, *args, **kwargs)
+
+    train_captioner.training_state = recording_training_state  # this forked process's module only
+    try:
+        seen["captioner_history"] = train_captioner.main(
+            script_args("shapes_captioner.yaml", workdir, *TINY_CAPTIONER, f"run_dir={workdir / 'captioner'}",
+                        "train.epochs=2") + ["-p", str(workdir / "encoder" / "checkpoint1.pt")])
+    finally:
+        train_captioner.training_state = real_training_state
     torch.save(seen, workdir / f"seen{rank}.pt")
 
 
@@ -454,6 +484,31 @@ def test_train_encoder_under_two_processes_resumes_in_one(two_processes, workdir
     assert "rng_by_rank" not in resumed and set(resumed["model"]) == set(weights)
     assert any(not torch.equal(resumed["model"][k], weights[k]) for k in weights)  # epoch 2 trained on
 
+    # The reference: what one process does from the same state saved by one process (rank 0's RNG,
+    # no per-rank states). Continuing the two-process checkpoint must be exactly that.
+    reference_dir = workdir / "encoder_reference"
+    single = save_checkpoint(workdir / "encoder_single1.pt",
+                             single_process_payload(load_checkpoint(run_dir / "checkpoint1.pt", kind="mae")))
+    expected = train_encoder.main(script_args("shapes_encoder.yaml", workdir, *TINY_ENCODER, "train.epochs=2",
+                                              f"run_dir={reference_dir}") + ["-c", str(single)])
+    assert without_timing(history) == without_timing(expected)
+    reference = load_checkpoint(reference_dir / "checkpoint2.pt", kind="mae")
+    assert all(torch.equal(resumed["model"][k], reference["model"][k]) for k in weights)
+
+
+def test_train_captioner_keeps_the_processes_weights_identical_after_an_unfreeze(two_processes):
+    """DDP averages the gradients of the parameters trainable when it was built: the encoder layer
+    unfrozen in epoch 2 trains on averaged gradients only if train_captioner.py re-wraps the model
+    that epoch. Otherwise each process steps it with its own gradient and the copies drift apart."""
+    (before0, after0), (before1, after1) = (seen["captioner_weights"] for seen in two_processes)
+    assert set(after0) == set(after1)
+    layer = [k for k in after0 if k.startswith("encoder.transformer.layers.0.")]
+    assert layer
+    assert all(torch.equal(before0[k], before1[k]) for k in before0)  # epoch 1: frozen encoder, DDP decoder
+    assert any(not torch.equal(after0[k], before0[k]) for k in layer)  # the unfrozen layer trained in epoch 2
+    differ = [k for k in after0 if not torch.equal(after0[k], after1[k])]
+    assert differ == [], f"the processes' copies differ after the unfreeze epoch: {differ[:5]}"
+
 
 def test_train_captioner_under_two_processes_unfreezes_and_resumes_in_one(two_processes, workdir):
     run_dir = workdir / "captioner"
@@ -471,3 +526,16 @@ def test_train_captioner_under_two_processes_unfreezes_and_resumes_in_one(two_pr
     assert [h["step"] for h in history] == [2, 4, 4 + 4]  # one process with 4 images per step: four steps
     assert history[2]["trainable_groups"] == ["patch_embed", "encoder_layer0", "decoder"]
     assert torch.isfinite(torch.tensor(history[2]["train_loss"]))
+    assert without_timing(history[:2]) == without_timing(ranks[0])  # the two processes' epochs, carried over
+
+    # The reference: one process continuing the same state saved by one process (rank 0's RNG states:
+    # the decoder has dropout, so the RNG matters). The two-process checkpoint must continue exactly so.
+    reference_dir = workdir / "captioner_reference"
+    single = save_checkpoint(workdir / "captioner_single2.pt",
+                             single_process_payload(load_checkpoint(run_dir / "checkpoint2.pt", kind="captioner")))
+    expected = train_captioner.main(script_args("shapes_captioner.yaml", workdir, *TINY_CAPTIONER, "train.epochs=3",
+                                                f"run_dir={reference_dir}") + ["-c", str(single)])
+    assert without_timing(history) == without_timing(expected)
+    resumed = load_checkpoint(run_dir / "checkpoint3.pt", kind="captioner")["model"]
+    reference = load_checkpoint(reference_dir / "checkpoint3.pt", kind="captioner")["model"]
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)

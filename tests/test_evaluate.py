@@ -2,6 +2,7 @@
 
 import doctest
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -28,12 +29,15 @@ from captioner.evaluation.attention_maps import (
 from captioner.evaluation.blind_baseline import blind_scores, choose_blind_caption
 from captioner.evaluation.metrics import evaluate_captions
 from captioner.evaluation.pictures import (
+    VERDICT_BAR,
+    VERDICT_MARKS,
     attention_figure,
     attention_overlay,
     captions_figure,
     heat_colours,
     wrap_text,
 )
+from captioner.evaluation.truth import shapes_scenes, truth_scores
 from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
 from captioner.text.tokenizers import (
     EOS_ID,
@@ -102,6 +106,19 @@ def test_end_to_end_val(workdir, capsys):
         assert line.split()[1:] == [f"{scores['model'][name]:.4f}", f"{blind['scores'][name]:.4f}"]
     assert "beam 2, alpha 0.6" in out and "empty captions" in out
 
+    # the truth score of the same captions and of the blind caption, against the scenes of the shapes seed
+    scenes = shapes_scenes(workdir / "data" / "processed", val["image_ids"])
+    truth = scores["truth"]
+    model_truth = truth_scores({r["image_id"]: r["caption"] for r in results}, scenes)
+    assert truth["model"] == json.loads(json.dumps(model_truth))
+    assert truth["blind_baseline"] == truth_scores(dict.fromkeys(scenes, blind["caption"]), scenes)
+    assert truth_scores({i: refs[0] for i, refs in references.items()}, scenes)["captions_true"] == 1
+    for label, path in evaluate.TRUTH_ROWS:
+        line = next(line for line in out.splitlines() if line.startswith(label))
+        expected = [evaluate._at(truth[who], path) for who in ("model", "blind_baseline")]
+        assert line[16:].split() == [f"{v:.4f}" if v is not None else "-" for v in expected]
+    assert "unparsed captions count as not true" in out
+
     # 32 px images are enlarged 6x to 192 px: samples.png holds 4 columns of 192 px images with text under
     # them; attention.png one block per image, the image and one panel per word, 8 panels to a line
     with Image.open(folder / "samples.png") as samples:
@@ -123,6 +140,8 @@ def test_test_split_writes_captions_without_scores(workdir, capsys, tmp_path):
     assert sorted(r["image_id"] for r in read_json(out_file)) == sorted(test["image_ids"])
     scores = read_json(tmp_path / "test_results.scores.json")
     assert scores["model"] is None and scores["blind_baseline"] is None and scores["n_images"] == 2
+    # the truth score needs no references: a shapes test split gets it, for the model alone
+    assert scores["truth"]["model"]["n_captions"] == 2 and scores["truth"]["blind_baseline"] is None
     with Image.open(tmp_path / "pictures" / "samples.png") as samples:
         assert samples.size[0] >= 2 * 192
 
@@ -137,6 +156,31 @@ def test_limit_and_overrides(workdir, tmp_path):
     assert all(len(r["caption"].split()) <= 5 for r in results)  # 5 tokens at most, <eos> included
     assert summary["model"]["n_images"] == 2 and summary["blind_baseline"]["scores"]["n_images"] == 2
     assert (summary["beam_size"], summary["alpha"], summary["max_len"]) == (1, 0.0, 5)
+
+
+def test_truth_is_null_without_scenes_and_an_error_with_the_wrong_ones(workdir, tmp_path, capsys):
+    # a processed folder that is not shapes (COCO): no truth score, reported as null
+    coco = tmp_path / "coco" / "processed"
+    shutil.copytree(workdir / "data" / "processed", coco)
+    meta = read_json(coco / "meta.json")
+    (coco / "meta.json").write_text(json.dumps(meta | {"source": "coco"}))
+    args = ["-c", str(workdir / "run"), "--limit", "2", "--no-progress"]
+    summary = evaluate.main(args + ["--processed-dir", str(coco), "--out-dir", str(tmp_path / "coco_eval")])
+    out = capsys.readouterr().out
+    assert summary["truth"] is None and summary["model"] is not None and "claims true" not in out
+
+    # shapes, but the raw folder with the seed is gone: a note, and null
+    (coco / "meta.json").write_text(json.dumps(meta | {"coco_dir": str(tmp_path / "gone")}))
+    summary = evaluate.main(args + ["--processed-dir", str(coco), "--out-dir", str(tmp_path / "gone_eval")])
+    assert summary["truth"] is None and "note: no truth score" in capsys.readouterr().out
+
+    # a raw folder whose seed did not make these references: an error before any captioning
+    shutil.copytree(workdir / "data" / "raw", tmp_path / "coco" / "raw")
+    (tmp_path / "coco" / "raw" / "shapes_params.json").write_text(json.dumps({"seed": 99, "image_size": 32}))
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(evaluate.main, args + ["--processed-dir", str(coco), "--out-dir", str(tmp_path / "bad_eval")])
+    assert exit_info.value.code == 2 and "seed 99" in capsys.readouterr().err
+    assert not (tmp_path / "bad_eval").exists()
 
 
 def test_bad_checkpoints_exit_2_naming_the_file(workdir, tmp_path, capsys):
@@ -265,6 +309,18 @@ def test_captions_figure_layout():
     assert torch.equal(first, images[0].repeat_interleave(4, 1).repeat_interleave(4, 2))  # nearest 4x
     with pytest.raises(ValueError):
         captions_figure(images, ["too few"], [None] * 5)
+
+    # with verdicts: a bar in the verdict's colour under each image, and the verdict before the caption
+    verdicts = [True, False, None, True, False]
+    marked = captions_figure(images, ["a red circle"] * 5, [None] * 5, scale=4, columns=3, verdicts=verdicts)
+    for i, verdict in enumerate(verdicts):
+        x0, y0 = 6 + (i % 3) * (64 + 6), 6 + (i // 3) * ((marked.height - 6) // 2)
+        r, g, b = marked.getpixel((x0 + 32, y0 + 64 + VERDICT_BAR // 2 + 1))
+        assert (r, g, b) == VERDICT_MARKS[verdict][0]
+        assert {True: g > r + 80, False: r > g + 80, None: r == g == b}[verdict]  # green, red, gray
+    assert marked.height > captions_figure(images, ["a red circle"] * 5, [None] * 5, scale=4, columns=3).height
+    with pytest.raises(ValueError, match="one verdict per image"):
+        captions_figure(images, ["a red circle"] * 5, [None] * 5, verdicts=[True])
 
 
 def test_attention_overlay_is_hottest_where_the_word_looks():

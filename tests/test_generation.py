@@ -1,5 +1,6 @@
 """Greedy decoding, batched beam search, TransformerEncoderDecoder and CaptionDecoder."""
 
+import math
 from itertools import product
 
 import pytest
@@ -8,19 +9,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioner.models.caption_decoder import CaptionDecoder
-from transformer_components import TransformerEncoderDecoder, beam_search, greedy_search, length_penalty
+from transformer_components import (
+    TransformerEncoderDecoder,
+    beam_search,
+    greedy_search,
+    length_penalty,
+)
 
 PAD, SOS, EOS = 0, 1, 2
 V, C, S = 6, 16, 5
 CONTENT = [3, 4, 5]  # the tokens other than <pad>, <sos>, <eos>
 
 
-def tiny_decoder(seed=1, scale=2.0, eos_scale=2.0, max_len=8):
+def tiny_decoder(seed=1, scale=2.0, eos_scale=2.0, max_len=8, eos_bias=0.0):
     """A random CaptionDecoder in float64 whose next-token distributions are peaky and varied.
 
     Default init makes a tied random model mostly repeat its input token; wider weights give
     distinct, confident distributions, and a longer <eos> vector makes <eos> likely now and then,
-    so that hypotheses end at different lengths.
+    so that hypotheses end at different lengths. eos_bias != 0 gives the (still tied) output
+    layer a bias that is eos_bias on <eos> and 0 elsewhere.
     """
     torch.manual_seed(seed)
     dec = CaptionDecoder(V, C, n_layers=2, n_heads=4, d_ff=32, max_len=max_len, pad_id=PAD).double().eval()
@@ -32,7 +39,22 @@ def tiny_decoder(seed=1, scale=2.0, eos_scale=2.0, max_len=8):
                 p.normal_(0, 0.5)
         dec.token_embedding.weight[PAD] = 0
         dec.token_embedding.weight[EOS] *= eos_scale
+        if eos_bias:
+            dec.lm_head = nn.Linear(C, V).double()
+            dec.lm_head.weight = dec.token_embedding.weight
+            dec.lm_head.bias.zero_()
+            dec.lm_head.bias[EOS] = eos_bias
     return dec
+
+
+def late_eos_decoder():
+    """tiny_decoder with <eos> made unlikely: greedy captions run 5-6 tokens, not 1."""
+    return tiny_decoder(eos_scale=0.5, eos_bias=-2.0)
+
+
+def gnmt_lp(n, alpha):
+    """GNMT's length penalty, written here rather than imported: ((5 + n) / 6) ** alpha."""
+    return ((5 + n) / 6) ** alpha
 
 
 def memories(n, seed=0):
@@ -63,7 +85,7 @@ def teacher_forced_scores(dec, memory, seqs, alpha):
     logp = F.log_softmax(logits, dim=-1).gather(2, targets[:, :, None])[:, :, 0]  # (N, L)
     lengths = torch.tensor([len(s) for s in seqs])
     logp = logp.masked_fill(torch.arange(L)[None, :] >= lengths[:, None], 0.0)
-    return logp.sum(1) / length_penalty(lengths.double(), alpha)
+    return logp.sum(1) / gnmt_lp(lengths.double(), alpha)
 
 
 def model(dec):
@@ -107,11 +129,185 @@ def test_narrow_beam_finds_the_exhaustive_best_on_a_peaky_model(alpha):
 
 @pytest.mark.parametrize("alpha", [0.0, 0.8])
 def test_beam_size_one_equals_greedy(alpha):
-    dec, mem = tiny_decoder(), memories(5)
-    g_tokens, g_scores = greedy_search(dec, mem, SOS, EOS, PAD, max_len=6, alpha=alpha)
-    b_tokens, b_scores = beam_search(dec, mem, SOS, EOS, PAD, max_len=6, beam_size=1, alpha=alpha)
+    dec, mem, max_len = late_eos_decoder(), memories(5), 7
+    g_tokens, g_scores = greedy_search(dec, mem, SOS, EOS, PAD, max_len=max_len, alpha=alpha)
+    b_tokens, b_scores = beam_search(dec, mem, SOS, EOS, PAD, max_len=max_len, beam_size=1, alpha=alpha)
+    seqs = [strip(t) for t in g_tokens]
+    assert min(len(seq) for seq in seqs) > 2  # several steps are compared, not one <eos>
+    assert any(seq[-1] == EOS for seq in seqs) and any(len(seq) == max_len for seq in seqs)
     assert torch.equal(b_tokens[:, 0], g_tokens)
     torch.testing.assert_close(b_scores[:, 0], g_scores)
+
+
+class NoCache:
+    """MarkovDecoder reads only the newest token, so its cache holds nothing."""
+
+    def reorder(self, index, cross_attention=True):
+        pass
+
+
+class MarkovDecoder(nn.Module):
+    """A fake decoder whose next-token log-probabilities depend only on the last token.
+
+    memory (N, V, V) is each source's table: row = the last token (<sos> at first), column =
+    the next token. It counts its calls, i.e. the decoding steps.
+    """
+
+    calls = 0
+
+    def forward(self, tokens, memory, memory_padding_mask=None, cache=None):
+        MarkovDecoder.calls += 1
+        return memory.gather(1, tokens[:, :, None].expand(-1, -1, V))  # (N, T, V) rows tokens[n, t] of table n
+
+    def new_cache(self):
+        return NoCache()
+
+
+def markov_tables(n, seed, scale=1.5):
+    """n random tables (n, V, V) of log-probabilities in which <pad> and <sos> never come next."""
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(n, V, V, generator=g, dtype=torch.float64)
+    logits[:, :, [PAD, SOS]] = float("-inf")
+    return logits.log_softmax(-1)
+
+
+def table_from(rows):
+    """A (1, V, V) table from {state: {token: probability}}; unlisted states are uniform."""
+    probs = torch.zeros(V, V, dtype=torch.float64)
+    probs[:, [EOS, *CONTENT]] = 0.25
+    for state, row in rows.items():
+        probs[state] = 0.0
+        for token, p in row.items():
+            probs[state, token] = p
+    return probs.log()[None]
+
+
+def brute_force(table, max_len, alpha):
+    """{sequence: normalised score} for every sequence up to max_len, by enumeration."""
+    out = {}
+    for seq in all_sequences(max_len):
+        logp = sum(table[prev, tok].item() for prev, tok in zip((SOS,) + seq, seq))
+        out[seq] = logp / gnmt_lp(len(seq), alpha)
+    return out
+
+
+def found(tokens, scores):
+    """[(sequence, score)] of one source's finite hypotheses, best first."""
+    return [(strip(t), s) for t, s in zip(tokens, scores.tolist()) if s > float("-inf")]
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_markov_search_is_exhaustive_when_the_beam_holds_every_sequence(use_cache):
+    tables = markov_tables(3, seed=0)
+    checked, best_lengths = 0, set()
+    for max_len, K, alpha in product([1, 2, 3], [2, 4, 13, 40, 50], [0.0, 0.6, 1.0, 2.0]):
+        tokens, scores = beam_search(MarkovDecoder(), tables, SOS, EOS, PAD, max_len, K, alpha, use_cache=use_cache)
+        for b in range(3):
+            expected = brute_force(tables[b], max_len, alpha)
+            hyps = found(tokens[b], scores[b])
+            for seq, score in hyps:  # whatever is returned carries its true score
+                assert score == pytest.approx(expected[seq], abs=1e-12)
+            if K >= len(expected):  # 4, 13, 40 sequences for max_len 1, 2, 3
+                best = max(expected, key=expected.get)
+                assert hyps[0][0] == best and hyps[0][1] == pytest.approx(expected[best], abs=1e-12)
+                assert sorted(seq for seq, _ in hyps) == sorted(expected)  # every sequence, once
+                checked += 1
+                best_lengths.add(len(best))
+    assert checked == 9 * 4 * 3 and len(best_lengths) > 1
+
+
+def reference_beam_search(dec, memory, K, alpha, max_len):
+    """The same search for one source (memory (S, C)) in plain Python, without early stopping:
+    the best 2K continuations; those ending in <eos> join the pool; the best K others live on;
+    at max_len the pool and the live beams are ranked together. Returns the best K [(seq, score)].
+    """
+    live, pool = [((), 0.0)], []
+    for t in range(1, max_len + 1):
+        prefixes = torch.tensor([(SOS,) + seq for seq, _ in live])  # (k, t)
+        logp = F.log_softmax(dec(prefixes, memory.expand(len(live), -1, -1))[:, -1], dim=-1)  # (k, V)
+        steps = [(seq + (tok,), s + logp[i, tok].item()) for i, (seq, s) in enumerate(live) for tok in [EOS, *CONTENT]]
+        candidates = sorted(steps, key=lambda c: -c[1])[: 2 * K]
+        pool += [(seq, s / gnmt_lp(t, alpha)) for seq, s in candidates if seq[-1] == EOS]
+        live = [(seq, s) for seq, s in candidates if seq[-1] != EOS][:K]
+    ranked = pool + [(seq, s / gnmt_lp(max_len, alpha)) for seq, s in live]
+    return sorted(ranked, key=lambda c: -c[1])[:K]
+
+
+def test_search_equals_a_plain_reference_without_early_stopping():
+    """K below the number of sequences: the batched search, which stops a source once no live
+    beam can beat its pool, returns what the plain search that runs to max_len returns.
+    (A real decoder, not the Markov one, whose permuted sequences tie.)"""
+    stopped_early, steps = 0, []
+    for dec in [tiny_decoder(), late_eos_decoder()]:
+        dec.register_forward_hook(lambda mod, inp, out: steps.append(1))
+        mem = memories(4, seed=11)
+        for max_len, K, alpha in product([4, 7], [2, 3, 5], [0.0, 0.6, 1.5]):
+            tokens, scores = beam_search(dec, mem, SOS, EOS, PAD, max_len, K, alpha)
+            for b in range(4):
+                expected = reference_beam_search(dec, mem[b], K, alpha, max_len)
+                hyps = found(tokens[b], scores[b])
+                assert [seq for seq, _ in hyps] == [seq for seq, _ in expected]
+                assert [s for _, s in hyps] == pytest.approx([s for _, s in expected], abs=1e-10)
+                steps.clear()
+                beam_search(dec, mem[b : b + 1], SOS, EOS, PAD, max_len, K, alpha)
+                stopped_early += len(steps) < max_len
+    assert stopped_early > 10  # the stopping bound is exercised, not only max_len
+
+
+def test_early_eos_beams_no_longer_crowd_out_a_better_longer_caption():
+    """K = 3, alpha = 0.6, with C, D, E = 3, 4, 5 and these transition probabilities:
+    <sos> -> <eos> .2, C .5, D .13, E .17;  C -> C .65, D .3, <eos> .05;
+    D -> E .95, <eos> .05;                  E -> <eos> .95, C .05.
+    The old search froze [<eos>] (.2) and [E <eos>] (.17 * .95 = .1615) in two of its three
+    slots at step 2, above [C D] (.5 * .3 = .15); [C C ...] went on alone and [<eos>] won.
+    By hand: [C D E <eos>] log(.5 * .3 * .95 * .95) / 1.5 ** .6 = -1.5679
+             [<eos>]       log(.2) / 1                          = -1.6094
+             [E <eos>]     log(.1615) / (7 / 6) ** .6           = -1.6622
+    and every other sequence is below: [D E <eos>] -1.803, [C C C C C] -1.778 (at max_len 5).
+    """
+    C_, D_, E_ = CONTENT
+    table = table_from({
+        SOS: {EOS: 0.2, C_: 0.5, D_: 0.13, E_: 0.17},
+        C_: {C_: 0.65, D_: 0.3, EOS: 0.05},
+        D_: {E_: 0.95, EOS: 0.05},
+        E_: {EOS: 0.95, C_: 0.05},
+    })
+    tokens, scores = beam_search(MarkovDecoder(), table, SOS, EOS, PAD, 5, beam_size=3, alpha=0.6)
+    hyps = found(tokens[0], scores[0])
+    assert [seq for seq, _ in hyps] == [(C_, D_, E_, EOS), (EOS,), (E_, EOS)]
+    expected = [math.log(0.5 * 0.3 * 0.95 * 0.95) / 1.5**0.6, math.log(0.2), math.log(0.17 * 0.95) / (7 / 6) ** 0.6]
+    assert [s for _, s in hyps] == pytest.approx(expected, abs=1e-12)
+    assert expected == pytest.approx([-1.5679, -1.6094, -1.6622], abs=1e-4)
+
+
+def test_length_penalty_values():
+    n = torch.tensor([1.0, 7.0, 13.0, 19.0, 3.0], dtype=torch.float64)
+    by_hand = {  # lp(n) = ((5 + n) / 6) ** alpha: 1, 2, 3, 4 and 4/3 to the power alpha
+        0.0: [1.0, 1.0, 1.0, 1.0, 1.0],
+        0.5: [1.0, 2**0.5, 3**0.5, 2.0, (4 / 3) ** 0.5],
+        0.6: [1.0, 2**0.6, 3**0.6, 4**0.6, (4 / 3) ** 0.6],
+        1.0: [1.0, 2.0, 3.0, 4.0, 4 / 3],
+    }
+    for alpha, expected in by_hand.items():
+        torch.testing.assert_close(length_penalty(n, alpha), torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
+def test_length_penalty_decides_between_a_short_and_a_long_caption(alpha):
+    """<sos> -> <eos> .5, C .375, D .125; then C -> D -> E -> <eos> with probability 1.
+    [<eos>]: log .5 = -0.693 for every alpha (n = 1, lp = 1).
+    [C D E <eos>]: log .375 = -0.981 over lp(4) = 1.5 ** alpha: -0.981, -0.801, -0.654 for
+    alpha = 0, 0.5, 1, so the short caption wins at 0 and 0.5 and the long one at 1. An lp(4) of
+    1.5 ** (2 alpha), 2.5 ** alpha or 4 ** alpha would hand alpha = 0.5 to the long one too.
+    """
+    C_, D_, E_ = CONTENT
+    table = table_from({SOS: {EOS: 0.5, C_: 0.375, D_: 0.125}, C_: {D_: 1.0}, D_: {E_: 1.0}, E_: {EOS: 1.0}})
+    tokens, scores = beam_search(MarkovDecoder(), table, SOS, EOS, PAD, 5, beam_size=3, alpha=alpha)
+    if alpha < 1:
+        assert strip(tokens[0, 0]) == (EOS,) and scores[0, 0].item() == pytest.approx(math.log(0.5), abs=1e-12)
+    else:
+        assert strip(tokens[0, 0]) == (C_, D_, E_, EOS)
+        assert scores[0, 0].item() == pytest.approx(math.log(0.375) / 1.5, abs=1e-12)
 
 
 def test_greedy_picks_the_argmax_and_pads_after_eos():
@@ -134,33 +330,35 @@ def test_greedy_picks_the_argmax_and_pads_after_eos():
 
 @pytest.mark.parametrize("beam_size", [1, 3, 5])
 def test_cached_decoding_is_token_identical_to_recomputation(beam_size):
-    m, mem = model(tiny_decoder()), memories(4)
+    m, mem = model(late_eos_decoder()), memories(4)
     cached = m.generate(mem, SOS, EOS, PAD, max_len=7, beam_size=beam_size, alpha=0.6, use_cache=True)
     full = m.generate(mem, SOS, EOS, PAD, max_len=7, beam_size=beam_size, alpha=0.6, use_cache=False)
+    assert max(len(strip(t)) for t in cached[0]) > 2  # several steps are compared
     assert torch.equal(cached[0], full[0])
     torch.testing.assert_close(cached[1], full[1])
 
 
 def test_batched_sources_equal_each_source_alone():
-    dec = tiny_decoder()
+    dec = late_eos_decoder()
     mem = memories(4, seed=5)
     lengths = [5, 2, 4, 3]
     pad_mask = torch.arange(S)[None, :] >= torch.tensor(lengths)[:, None]  # (4, S) True = padding
     mem = mem.masked_fill(pad_mask[:, :, None], 1e3)  # padding that would show if it leaked
-    tokens, scores = beam_search(dec, mem, SOS, EOS, PAD, 6, beam_size=4, alpha=0.7, memory_padding_mask=pad_mask)
+    tokens, scores = beam_search(dec, mem, SOS, EOS, PAD, 7, beam_size=4, alpha=0.7, memory_padding_mask=pad_mask)
+    assert max(len(strip(t)) for t in tokens[:, 0]) > 2  # several steps are compared
     for b, n in enumerate(lengths):
-        alone_tokens, alone_scores = beam_search(dec, mem[b : b + 1, :n], SOS, EOS, PAD, 6, beam_size=4, alpha=0.7)
+        alone_tokens, alone_scores = beam_search(dec, mem[b : b + 1, :n], SOS, EOS, PAD, 7, beam_size=4, alpha=0.7)
         L = alone_tokens.size(-1)
         assert torch.equal(tokens[b, :, :L], alone_tokens[0]) and (tokens[b, :, L:] == PAD).all()
         torch.testing.assert_close(scores[b], alone_scores[0])
     m = model(dec)
-    batched = m.generate(mem, SOS, EOS, PAD, max_len=6, beam_size=3)
+    batched = m.generate(mem, SOS, EOS, PAD, max_len=7, beam_size=3)
     for b in range(4):
-        alone = m.generate(mem[b : b + 1], SOS, EOS, PAD, max_len=6, beam_size=3)
+        alone = m.generate(mem[b : b + 1], SOS, EOS, PAD, max_len=7, beam_size=3)
         assert strip(batched[0][b]) == strip(alone[0][0])
 
 
-def test_finished_beams_keep_their_score_and_no_hypothesis_repeats():
+def test_finished_hypotheses_keep_their_score_and_none_repeats():
     dec, mem = tiny_decoder(), memories(3, seed=7)
     max_len = 6
     tokens, scores = beam_search(dec, mem, SOS, EOS, PAD, max_len, beam_size=6, alpha=0.5)

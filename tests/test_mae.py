@@ -1,5 +1,6 @@
 """The ViT, MAE masking, the MAE loss, the FLOPs helpers and the reconstruction picture."""
 
+import math
 from pathlib import Path
 
 import flops  # bench/flops.py (tests/conftest.py puts bench/ on the path)
@@ -23,7 +24,12 @@ from captioner.evaluation.pictures import (
     to_uint8,
 )
 from captioner.models.captioner import encoder_from_mae_checkpoint
-from captioner.models.mae import MaskedAutoencoder, num_visible, random_masking
+from captioner.models.mae import (
+    ImageDecoder,
+    MaskedAutoencoder,
+    num_visible,
+    random_masking,
+)
 from captioner.models.vit import ImageEncoder, PatchEmbedding, patchify, unpatchify
 from captioner.training.checkpoints import (
     CheckpointError,
@@ -186,6 +192,75 @@ def test_reconstruct_maps_perfect_predictions_back_to_the_image():
     assert pixel_mask.shape == (2, 1, 16, 16)
     assert pixel_mask.mean().item() == pytest.approx(0.75)
     torch.testing.assert_close(reconstruction, x, atol=1e-4, rtol=1e-4)
+
+
+# ---- the MAE decoder, against a naive reference -----------------------------------------------
+
+
+def mae_position_code(n: int, grid: int, dim: int) -> list[float]:
+    """facebookresearch/mae's 2-D sin-cos code of patch ``n`` written out by hand (row-major patches):
+    [sin(col w_k) | cos(col w_k) | sin(row w_k) | cos(row w_k)], w_k = 10000^(-k / (dim/4)), k < dim/4."""
+    row, col = divmod(n, grid)
+    omegas = [10000 ** (-k / (dim // 4)) for k in range(dim // 4)]
+    return ([math.sin(col * w) for w in omegas] + [math.cos(col * w) for w in omegas]
+            + [math.sin(row * w) for w in omegas] + [math.cos(row * w) for w in omegas])
+
+
+def naive_decoder(decoder: ImageDecoder, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    """The decoder's input built one token at a time: patch j gets the embedded latent row
+    ``ids_restore[b, j]`` when that row exists (j was kept), else the mask token; plus patch j's
+    position code. Then the decoder's own transformer and head."""
+    B, n_keep, _ = latent.shape
+    L = ids_restore.shape[1]
+    grid, width = math.isqrt(L), decoder.mask_token.shape[-1]
+    rows = []
+    for b in range(B):
+        tokens = []
+        for j in range(L):
+            slot = int(ids_restore[b, j])  # where patch j sits in the (kept first) shuffled order
+            token = decoder.embed(latent[b, slot]) if slot < n_keep else decoder.mask_token[0, 0]
+            tokens.append(token + torch.tensor(mae_position_code(j, grid, width)))
+        rows.append(torch.stack(tokens))
+    return decoder.head(decoder.transformer(torch.stack(rows)))  # (B, L, D)
+
+
+def test_decoder_unshuffles_and_adds_positions_like_a_naive_loop():
+    """Removing the ``ids_restore`` gather or the decoder's position embedding changes the output."""
+    torch.manual_seed(0)
+    decoder = ImageDecoder(VIT, MAE).eval()
+    B, L = 3, 16
+    n_keep = num_visible(L, MAE.mask_ratio)
+    latent = torch.randn(B, n_keep, VIT.width)
+    ids_restore = torch.rand(B, L, generator=torch.Generator().manual_seed(5)).argsort(1).argsort(1)
+    assert not torch.equal(ids_restore, torch.arange(L).expand(B, L))  # a real shuffle
+    with torch.no_grad():
+        torch.testing.assert_close(decoder(latent, ids_restore), naive_decoder(decoder, latent, ids_restore),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_is_equivariant_to_which_patches_are_visible():
+    """Shuffling the visible tokens together with ids_restore leaves every patch's prediction unchanged,
+    and mask tokens (all equal on input) come out different at different patches: only their
+    position tells them apart."""
+    torch.manual_seed(0)
+    decoder = ImageDecoder(VIT, MAE).eval()
+    L = 16
+    n_keep = num_visible(L, MAE.mask_ratio)
+    latent = torch.randn(1, n_keep, VIT.width)
+    ids_restore = torch.rand(1, L, generator=torch.Generator().manual_seed(1)).argsort(1).argsort(1)
+    order = torch.randperm(n_keep, generator=torch.Generator().manual_seed(2))  # a new order of the kept
+    assert not torch.equal(order, torch.arange(n_keep))
+    # latent row i moves to row rank[i]; the patch that pointed at row i must now point at rank[i]
+    rank = order.argsort()
+    moved = ids_restore.clone()
+    kept = ids_restore < n_keep
+    moved[kept] = rank[ids_restore[kept]]
+    with torch.no_grad():
+        out = decoder(latent, ids_restore)
+        torch.testing.assert_close(decoder(latent[:, order], moved), out, rtol=1e-5, atol=1e-5)
+    masked = out[0, ~kept[0]]  # (L - n_keep, D): the predictions for the hidden patches
+    distances = torch.cdist(masked, masked) + torch.eye(len(masked)) * 1e9
+    assert distances.min() > 1e-3  # no two hidden patches get the same prediction
 
 
 # ---- the pretrained encoder from a checkpoint -------------------------------------------------

@@ -256,8 +256,43 @@ def test_reproduces_stored_toolkit_scores():
     # Guards against a changed generator: these are the captions the toolkit scored.
     assert hypotheses[0] == "table" and references[0] == ["table the near blue"]
     assert sum(1 for h in hypotheses.values() if not h) == 3
-    assert bleu(references, hypotheses) == pytest.approx(TOOLKIT_BLEU_SEED6, abs=1e-12)
-    assert cider_d(references, hypotheses) == pytest.approx(TOOLKIT_CIDER_SEED6, abs=1e-12)
+    assert bleu(references, hypotheses) == pytest.approx(TOOLKIT_BLEU_SEED6, rel=1e-12, abs=0)
+    assert cider_d(references, hypotheses) == pytest.approx(TOOLKIT_CIDER_SEED6, rel=1e-12, abs=0)
+
+
+# A corpus where the brevity penalty and clipping are active (random_corpus(6, 40) has c = 246 > r = 234,
+# so its brevity penalty is 1). Expected values by hand; pycocoevalcap 1.2 gives the same to the last bit.
+BREVITY_REFS = {
+    1: ["the cat sat on the mat", "a cat is on the mat"],  # lengths 6, 6
+    2: ["dogs", "the dog runs fast", "a big brown dog runs far away now"],  # lengths 1, 4, 8
+    3: ["a man rides a horse", "a person on a horse"],  # lengths 5, 5
+}
+BREVITY_HYPS = {1: "the the the cat", 2: "the dog runs", 3: "a man rides a horse"}
+TOOLKIT_CIDER_BREVITY = 3.1903666697335247  # pycocoevalcap 1.2, Cider(), on this corpus
+
+
+def test_reproduces_hand_worked_scores_with_brevity_penalty_and_clipping():
+    # Image 1, "the the the cat" (4 words): "the" occurs 3 times but at most 2 times in one reference
+    #   (2 in the first, 1 in the second; not 2 + 1 = 3): clipped 2 + "cat" 1 = 3 of 4 unigrams.
+    #   Bigrams "the the" x2 (in no reference), "the cat" x1 (first reference): 1 of 3.
+    #   Trigrams "the the the", "the the cat": 0 of 2. 4-gram "the the the cat": 0 of 1.
+    #   Closest reference length: 6.
+    # Image 2, "the dog runs" (3 words): unigrams 3 of 3, bigrams "the dog", "dog runs" 2 of 2,
+    #   trigram "the dog runs" 1 of 1 (second reference); no 4-gram.
+    #   Closest reference length: |1 - 3| = 2, |4 - 3| = 1, |8 - 3| = 5: r = 4 (not the shortest 1,
+    #   not the longest 8, not the mean 13/3).
+    # Image 3, "a man rides a horse" = its first reference: 5 of 5, 4 of 4, 3 of 3, 2 of 2; r = 5.
+    # Corpus: c = 4 + 3 + 5 = 12, r = 6 + 4 + 5 = 15 > c, so BP = exp(1 - r/c) = exp(1 - 15/12) = exp(-1/4).
+    #   p1 = (3 + 3 + 5) / (4 + 3 + 5) = 11/12    p2 = (1 + 2 + 4) / (3 + 2 + 4) = 7/9
+    #   p3 = (0 + 1 + 3) / (2 + 1 + 3) = 4/6      p4 = (0 + 0 + 2) / (1 + 0 + 2) = 2/3
+    #   BLEU-n = (p1 ... pn)^(1/n) * BP, each count with the toolkit's guards (+1e-15 matched,
+    #   +1e-9 candidates; r/c as (r + 1e-9) / (c + 1e-15)).
+    p = [(11 + TINY) / (12 + SMALL), (7 + TINY) / (9 + SMALL), (4 + TINY) / (6 + SMALL), (2 + TINY) / (3 + SMALL)]
+    bp = math.exp(1 - (15 + SMALL) / (12 + TINY))
+    expected = [math.prod(p[: n + 1]) ** (1 / (n + 1)) * bp for n in range(4)]
+    assert expected[0] == pytest.approx(11 / 12 * math.exp(-1 / 4), rel=1e-9)  # 0.7139...
+    assert bleu(BREVITY_REFS, BREVITY_HYPS) == pytest.approx(expected, rel=1e-12, abs=0)
+    assert cider_d(BREVITY_REFS, BREVITY_HYPS) == pytest.approx(TOOLKIT_CIDER_BREVITY, rel=1e-12, abs=0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -268,5 +303,12 @@ def test_agrees_with_pycocoevalcap(seed):
     as_lists = {k: [h] for k, h in hypotheses.items()}  # the toolkit's form: a one-item list
     expected_bleu, _ = toolkit_bleu.Bleu(4).compute_score(references, as_lists)
     expected_cider, _ = toolkit_cider.Cider().compute_score(references, as_lists)
-    assert bleu(references, hypotheses) == pytest.approx(expected_bleu, abs=1e-6)
-    assert cider_d(references, hypotheses) == pytest.approx(float(expected_cider), abs=1e-4)
+    # measured agreement: BLEU bit-identical, CIDEr-D within 2.2e-16 (summation order)
+    assert bleu(references, hypotheses) == pytest.approx(expected_bleu, rel=1e-12, abs=0)
+    assert cider_d(references, hypotheses) == pytest.approx(float(expected_cider), rel=1e-12, abs=0)
+    if seed == 0:  # the hand-worked corpus with brevity penalty and clipping
+        as_lists = {k: [h] for k, h in BREVITY_HYPS.items()}
+        assert toolkit_bleu.Bleu(4).compute_score(BREVITY_REFS, as_lists, verbose=0)[0] == \
+            bleu(BREVITY_REFS, BREVITY_HYPS)
+        assert float(toolkit_cider.Cider().compute_score(BREVITY_REFS, as_lists)[0]) == \
+            pytest.approx(TOOLKIT_CIDER_BREVITY, rel=1e-12, abs=0)

@@ -264,7 +264,20 @@ def test_coco_schema(tmp_path):
             assert "annotations" not in doc
     assert len(set(all_image_ids)) == len(all_image_ids) == 19
     assert len(set(all_caption_ids)) == len(all_caption_ids) == 70
-    assert not (tmp_path / "unlabeled2017").exists() or len(list((tmp_path / "unlabeled2017").iterdir())) == 2
+    # every image folder holds exactly the images its JSON lists (n_unlabeled=2: unlabeled2017/ too)
+    for name, split in (("captions_train2017", "train"), ("captions_val2017", "val"),
+                        ("image_info_test2017", "test"), ("image_info_unlabeled2017", "unlabeled")):
+        listed = sorted(img["file_name"] for img in json.loads((ann / f"{name}.json").read_text())["images"])
+        folder = tmp_path / f"{split}2017"
+        assert folder.is_dir(), f"{folder} is missing"
+        assert sorted(p.name for p in folder.iterdir()) == listed
+
+
+def test_no_unlabeled_split_without_unlabeled_images(tmp_path):
+    generate_shapes_dataset(tmp_path, seed=0, **{**SMALL, "n_unlabeled": 0})
+    assert not (tmp_path / "unlabeled2017").exists()
+    assert not (tmp_path / "annotations" / "image_info_unlabeled2017.json").exists()
+    assert len(list((tmp_path / "test2017").iterdir())) == SMALL["n_test"]
 
 
 def test_captions_in_the_json_match_the_scenes(tmp_path):

@@ -1,12 +1,14 @@
 """Tests of the text normalisation, the BPE and WordPiece tokenizers and their file format."""
 
+import math
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from captioner.text import bpe, wordpiece
-from captioner.text.normalize import count_words, normalize_text
+from captioner.text.normalize import WORD_START, count_pretokens, count_words, normalize_text, pretokenize
 from captioner.text.tokenizers import (
     EOS_ID,
     PAD_ID,
@@ -19,6 +21,8 @@ from captioner.text.tokenizers import (
     parse_tokenizer,
     train_tokenizer,
 )
+
+COCO_STYLE = Path(__file__).parent / "data" / "coco_style_captions.txt"
 
 # The classic BPE example (Sennrich et al. 2016): word frequencies low 5, lower 2, newest 6, widest 3.
 SENNRICH = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6 + ["widest"] * 3
@@ -40,20 +44,48 @@ def tokenizer_kinds():
 
 
 def random_corpus(seed: int, n_words: int = 60) -> list[str]:
-    """Words over a 3-letter alphabet: many ties and repeated letters ("aaa"), the hard cases for merging."""
+    """Pre-tokens over a 3-letter alphabet, most starting a word (``▁``), some glued: many ties and
+    repeated letters ("aaa"), the hard cases for merging."""
     rng = random.Random(seed)
-    return ["".join(rng.choice("abc") for _ in range(rng.randint(1, 6))) for _ in range(n_words)]
+    return [
+        WORD_START * (rng.random() < 0.8) + "".join(rng.choice("abc") for _ in range(rng.randint(1, 6)))
+        for _ in range(n_words)
+    ]
 
 
 # -- normalisation ---------------------------------------------------------------------------------
 
 
-def test_normalize_text_lowercases_strips_accents_and_splits_punctuation():
-    assert normalize_text("A Café, by the  SEA!") == ["a", "cafe", ",", "by", "the", "sea", "!"]
-    assert normalize_text("dog's\tbowl\n") == ["dog", "'", "s", "bowl"]
-    assert normalize_text("Ｃａｆé ﬁsh Ñandú") == ["cafe", "fish", "nandu"]  # full width, ligature, accents
-    assert normalize_text("a\u00a0b\u200bc\x00d") == ["a", "b", "c", "d"]  # no-break space, zero-width space, NUL
+def test_normalize_text_lowercases_keeps_accents_and_splits_on_whitespace_only():
+    assert normalize_text("A Café, by the  SEA!") == ["a", "café,", "by", "the", "sea!"]
+    assert normalize_text("dog's\tbowl\n") == ["dog's", "bowl"]
+    assert normalize_text("Cafe\u0301 Ñandú ﬁsh") == ["café", "ñandú", "ﬁsh"]  # composed (NFC), ligature kept
+    assert normalize_text("a\u00a0b\u2581c") == ["a", "b", "c"]  # no-break space; the marker reads as a space
     assert normalize_text("") == [] and normalize_text(" \n ") == []
+
+
+def test_pretokenize_keeps_inner_punctuation_and_marks_the_word_start():
+    cases = {
+        "man's": ["▁man's"], "t-shirt.": ["▁t-shirt", "."], "3.5": ["▁3.5"], "8:30": ["▁8:30"],
+        "1,000,": ["▁1,000", ","], "p.m.!!": ["▁p.m", ".", "!", "!"], "(café)": ["▁(", "café", ")"],
+        "dogs'": ["▁dogs", "'"], "$4.99": ["▁$", "4.99"], "--": ["▁-", "-"], "a_b": ["▁a", "_", "b"],
+        "x🐶猫": ["▁x", "🐶", "猫"],
+    }  # fmt: skip
+    for word, expected in cases.items():
+        assert pretokenize(word) == expected, word
+    assert count_pretokens({"cube.": 2, "cube": 1, "(cube)": 1}) == Counter(
+        {"▁cube": 3, ".": 2, "▁(": 1, "cube": 1, ")": 1}
+    )
+
+
+def test_pretokens_spell_the_word_back():
+    rng = random.Random(3)
+    alphabet = "ab1 '’-.,:/!()$é🐶\u0301_"
+    for _ in range(2000):
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10))).replace(" ", "") or "a"
+        pieces = pretokenize(word)
+        assert pieces[0].startswith(WORD_START) and not any(WORD_START in p for p in pieces[1:])
+        assert "".join(pieces) == WORD_START + word, repr(word)
 
 
 def test_ascii_fast_path_follows_the_unicode_rules():
@@ -61,7 +93,7 @@ def test_ascii_fast_path_follows_the_unicode_rules():
     for _ in range(200):
         text = "".join(chr(rng.randrange(128)) for _ in range(rng.randint(0, 30)))
         # A leading non-ASCII word forces the general path; it must agree with the ASCII path.
-        assert normalize_text("é " + text) == ["e"] + normalize_text(text), repr(text)
+        assert normalize_text("é " + text) == ["é"] + normalize_text(text), repr(text)
 
 
 def test_normalisation_is_idempotent_so_decoded_text_encodes_the_same():
@@ -75,8 +107,9 @@ def test_chunks_normalise_like_the_whole_text():
     # encode and count_words rely on this to normalise each whitespace-separated chunk once.
     rng = random.Random(2)
     # Letters, punctuation, whitespace, no-break space, a diaeresis whose NFKD starts with a space, a lone
-    # accent, capital sigma (lowercased by context), dotted I, a ligature, NUL, zero-width space, and random BMP.
-    alphabet = "aZé ,.\t\n\u00a0\u00a8\u0301\u03a3\u0130\ufb01\x00\u200b'"
+    # accent, capital sigma (lowercased by context), dotted I, a ligature, NUL, zero-width space, the
+    # word-start marker, and random BMP.
+    alphabet = "aZé ,.\t\n\u00a0\u00a8\u0301\u03a3\u0130\ufb01\x00\u200b'\u2581"
     alphabet += "".join(chr(rng.randrange(0x3000)) for _ in range(20))
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
@@ -89,27 +122,28 @@ def test_chunks_normalise_like_the_whole_text():
 
 
 def test_bpe_learns_the_hand_computed_merges():
-    # Pair counts at the start: (e,s) 9, (s,t) 9, (t,</w>) 9, (w,e) 8, (l,o) 7, (o,w) 7, ...
-    # ties go to the smallest pair, so e+s first; then es+t (9), est+</w> (9), l+o (7), lo+w (7);
-    # then (e,w), (n,e), (w,est</w>) tie at 6 -> e+w; then (ew,est</w>) and (n,ew) tie at 6 -> ew+est</w>;
-    # and finally n+ewest</w>.
-    tok = BPETokenizer().train([" ".join(SENNRICH)], vocab_size=4 + 11 + 8)
+    # Pre-tokens ▁low 5, ▁lower 2, ▁newest 6, ▁widest 3. Pair counts at the start: (e,s) 9, (s,t) 9,
+    # (w,e) 8, (▁,l) 7, (l,o) 7, (o,w) 7, (▁,n) 6, ...; ties go to the smallest pair, so e+s first; then
+    # es+t (9); l+o, lo+w and ▁+low (7: "l" < "o" < "▁"); then (e,w), (n,e), (w,est) and (▁,n) tie at 6
+    # -> e+w; then (ew,est) and (n,ew) -> ew+est; then n+ewest; and finally ▁+newest.
+    tok = BPETokenizer().train([" ".join(SENNRICH)], vocab_size=4 + 11 + 9)
     assert tok.merges == [
         ("e", "s"),
         ("es", "t"),
-        ("est", "</w>"),
         ("l", "o"),
         ("lo", "w"),
+        ("▁", "low"),
         ("e", "w"),
-        ("ew", "est</w>"),
-        ("n", "ewest</w>"),
+        ("ew", "est"),
+        ("n", "ewest"),
+        ("▁", "newest"),
     ]
     vocab = [tok.id_to_token(i) for i in range(tok.vocab_size)]
-    assert vocab == SPECIAL_TOKENS + ["</w>", *"deilnorstw"] + [
-        "es", "est", "est</w>", "lo", "low", "ew", "ewest</w>", "newest</w>",
+    assert vocab == SPECIAL_TOKENS + [*"deilnorstw▁"] + [
+        "es", "est", "lo", "low", "▁low", "ew", "ewest", "newest", "▁newest",
     ]  # fmt: skip
     assert [tok.id_to_token(i) for i in tok.encode("lowest newer")] == [
-        "low", "est</w>", "n", "ew", "e", "r", "</w>",
+        "▁low", "est", "▁", "n", "ew", "e", "r",
     ]  # fmt: skip
 
 
@@ -131,13 +165,13 @@ def test_bpe_incremental_training_matches_naive_recounting():
             best = min(stats, key=lambda p: (-stats[p], p))
             expected.append(best)
             words = {word: bpe.merge(symbols, best, best[0] + best[1]) for word, symbols in words.items()}
-        assert alphabet == ["</w>", "a", "b", "c"]
+        assert alphabet == ["a", "b", "c", WORD_START]
         assert merges == expected
 
 
 def test_bpe_stops_when_no_pair_is_left():
     tok = BPETokenizer().train(["ab ab"], vocab_size=100)
-    assert tok.merges == [("a", "b"), ("ab", "</w>")]
+    assert tok.merges == [("a", "b"), ("▁", "ab")]
     assert tok.vocab_size == 4 + 3 + 2
 
 
@@ -152,16 +186,34 @@ def test_bpe_unseen_characters_become_unk_and_keep_word_boundaries():
 
 
 def test_wordpiece_learns_the_hand_computed_pieces():
-    # Words ab x2, ac x3, bc x1. Symbol counts: a 5, ##b 2, ##c 4, b 1.
-    # Scores: (a,##b) 2/(5*2) = 0.2, (a,##c) 3/(5*4) = 0.15, (b,##c) 1/(1*4) = 0.25 -> "bc", the rarest pair.
-    # Now ##c counts 3: (a,##b) 2/(5*2) = 0.2 ties (a,##c) 3/(5*3) = 0.2 -> smallest pair, "ab".
-    # Now a counts 3: (a,##c) 3/(3*3) -> "ac".
+    # Pre-tokens ▁ab x2, ▁ac x3, ▁bc x1. Symbol counts: a 5, ##b 2, ##c 4, b 1; N = 12 symbols.
+    # Gains c(ab) log(c(ab) N / (c(a) c(b))): (a,##b) 2 log 2.4 = 1.75, (a,##c) 3 log 1.8 = 1.76,
+    # (b,##c) log 3 = 1.10 -> "ac", the most frequent pair (the ratio alone would take the rarest, "bc").
+    # Now N = 9, a 2, ##c 1: (a,##b) 2 log 4.5 = 3.01 beats (b,##c) log 9 = 2.20 -> "ab"; then "bc".
     tok = WordPieceTokenizer().train(["ab ab ac ac ac bc"], vocab_size=4 + 6 + 3)
     vocab = [tok.id_to_token(i) for i in range(tok.vocab_size)]
-    assert vocab == SPECIAL_TOKENS + ["a", "b", "c", "##a", "##b", "##c", "bc", "ab", "ac"]
+    assert vocab == SPECIAL_TOKENS + ["a", "b", "c", "##a", "##b", "##c", "ac", "ab", "bc"]
     pieces = lambda text: [tok.id_to_token(i) for i in tok.encode(text)]  # noqa: E731
     assert pieces("abc cab") == ["ab", "##c", "c", "##a", "##b"]  # longest match first, left to right
-    assert pieces("ab xa bc") == ["ab", "<unk>", "bc"]  # x was never seen: its whole word is <unk>
+    assert pieces("ab xa bc") == ["ab", "<unk>", "bc"]  # x was never seen: its whole pre-token is <unk>
+    assert pieces("ab(x) bc") == ["ab", "<unk>", "<unk>", "<unk>", "bc"]  # "(" "x" ")": one <unk> each
+
+
+def test_likelihood_gain_is_the_change_in_unigram_log_likelihood():
+    # Merge (a, b) in the symbol sequence "a b a b a c" by hand and compare the exact change in
+    # log-likelihood under a unigram model with the approximation.
+    def log_likelihood(symbols):
+        counts = Counter(symbols)
+        return sum(c * math.log(c / len(symbols)) for c in counts.values())
+
+    before = ["a", "b", "a", "b", "a", "c"] * 50
+    after = ["ab", "ab", "a", "c"] * 50
+    exact = log_likelihood(after) - log_likelihood(before)
+    gain = wordpiece.likelihood_gain(100, 150, 100, 300)
+    assert gain == pytest.approx(100 * math.log(2)) and gain > 0
+    # The approximation holds N and the other counts fixed; it gets the sign and size roughly right.
+    assert 0.3 * exact < gain < 3 * exact
+    assert wordpiece.likelihood_gain(1, 1, 1, 300) < wordpiece.likelihood_gain(100, 150, 100, 300)
 
 
 def test_wordpiece_incremental_training_matches_naive_rescoring():
@@ -181,7 +233,8 @@ def test_wordpiece_incremental_training_matches_naive_rescoring():
                     symbols[symbol] = symbols.get(symbol, 0) + freq
             if not pairs:
                 break
-            best = min(pairs, key=lambda p: (-pairs[p] / (symbols[p[0]] * symbols[p[1]]), p))
+            n = sum(symbols.values())
+            best = min(pairs, key=lambda p: (-wordpiece.likelihood_gain(pairs[p], symbols[p[0]], symbols[p[1]], n), p))
             new = wordpiece.glue(best)
             if new not in expected:
                 expected.append(new)
@@ -189,11 +242,23 @@ def test_wordpiece_incremental_training_matches_naive_rescoring():
         assert pieces == expected
 
 
+def test_wordpiece_builds_frequent_pieces_first():
+    # With the pair frequency in the score, the first pieces learned are common ("the", "##ing", "with");
+    # the ratio alone would first assemble rare numbers and names that occur once or twice.
+    captions = COCO_STYLE.read_text(encoding="utf-8").splitlines()
+    pretokens = count_pretokens(count_words(captions))
+    pieces = wordpiece.train_wordpiece(pretokens, 300)
+    first = [p for p in pieces if len(p.removeprefix("##")) > 1][:20]
+    occurrences = {p: sum(n * t.count(p.removeprefix("##")) for t, n in pretokens.items()) for p in first}
+    assert min(occurrences.values()) >= 20, occurrences
+
+
 def test_wordpiece_greedy_encoding():
     vocab = {"un", "unf", "##old", "##o", "##ld", "##ing"}
-    assert wordpiece.encode_word("unfolding", vocab, 3) == ["unf", "##old", "##ing"]
-    assert wordpiece.encode_word("unfold", vocab, 3) == ["unf", "##old"]
-    assert wordpiece.encode_word("unx", vocab, 3) is None
+    assert wordpiece.encode_word("▁unfolding", vocab, 3) == ["unf", "##old", "##ing"]
+    assert wordpiece.encode_word("▁unfold", vocab, 3) == ["unf", "##old"]
+    assert wordpiece.encode_word("olding", vocab, 3) == ["##old", "##ing"]  # glued: continuation pieces only
+    assert wordpiece.encode_word("▁unx", vocab, 3) is None
 
 
 # -- both kinds ------------------------------------------------------------------------------------
@@ -255,7 +320,7 @@ def test_progress_reports_every_new_token(kind):
     calls = []
     tok = train_tokenizer(kind, CAPTIONS, vocab_size=100, progress=lambda done, total: calls.append((done, total)))
     chars = set("".join(normalize_text(" ".join(CAPTIONS))))
-    alphabet = len(chars) + 1 if kind == "bpe" else 2 * len(chars)
+    alphabet = len(chars) + 1 if kind == "bpe" else 2 * len(chars)  # BPE: the characters and ▁
     total = tok.vocab_size - len(SPECIAL_TOKENS) - alphabet
     assert calls == [(done, total) for done in range(1, total + 1)]
 
@@ -290,7 +355,7 @@ def test_save_load_round_trip(kind, tmp_path):
     path = tmp_path / "tokenizer.txt"
     tok.save(path)
     lines = path.read_text(encoding="utf-8").split("\n")
-    assert lines[0] == f"captioner-tokenizer v1 {kind}"
+    assert lines[0] == f"captioner-tokenizer v2 {kind}"
     assert lines[1:6] == ["tokens 120", *SPECIAL_TOKENS]
     assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.txt"]  # no temporary file left behind
 
@@ -330,8 +395,10 @@ def test_every_truncation_is_detected(kind, tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda lines: ["captioner-tokenizer v2 bpe"] + lines[1:], "unsupported tokenizer file version 'v2'"),
-        (lambda lines: ["captioner-tokenizer v1 unigram"] + lines[1:], "unknown tokenizer kind 'unigram'"),
+        (lambda lines: ["captioner-tokenizer v1 bpe"] + lines[1:], "made by an older version.*rerun process_coco.py"),
+        (lambda lines: ["captioner-tokenizer v3 bpe"] + lines[1:], "unsupported tokenizer file version 'v3'"),
+        (lambda lines: ["captioner-tokenizer vx bpe"] + lines[1:], "unsupported tokenizer file version 'vx'"),
+        (lambda lines: ["captioner-tokenizer v2 unigram"] + lines[1:], "unknown tokenizer kind 'unigram'"),
         (lambda lines: ["hello world"] + lines[1:], "not a tokenizer file"),
         (lambda lines: lines[:2] + ["<sos>", "<pad>"] + lines[4:], "must start with the special tokens"),
         (lambda lines: lines[:-2] + ["a zz", ""], "missing from the vocabulary"),

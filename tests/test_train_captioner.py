@@ -1,10 +1,12 @@
 """train_captioner.py and captioner/models/captioner.py on a tiny processed shapes set and tiny models."""
 
 import json
+import math
 
 import pytest
 import torch
 import yaml
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import process_coco
 import train_captioner
@@ -18,6 +20,7 @@ from captioner.config import (
 from captioner.data.loaders import image_captions_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.captioning import caption_images
+from captioner.models.caption_decoder import CaptionDecoder
 from captioner.models.captioner import (
     build_captioner,
     caption_loss,
@@ -149,6 +152,88 @@ def test_wrong_checkpoint_kinds_are_clear_errors(workdir, pretrained_run):
         run(workdir, "missing", "-p", str(workdir / "nope.pt"))
     with pytest.raises(ValueError, match="data.on_device is a train_encoder.py setting"):
         run(workdir, "on_device", "--set", "data.on_device=true")
+
+
+# ---- the script's wiring: label smoothing, early stopping, gradient clipping ----------------------
+
+SCRIPTED_BLEU = [0.1, 0.3, 0.2, 0.25, 0.9, 0.95]  # best after epoch 2, then two epochs without a better one
+
+
+@pytest.fixture(scope="module")
+def instrumented_run(workdir):
+    """A from-scratch run with label_smoothing=0.25, grad_clip=0.01, patience=2 and up to 6 epochs, with
+    BLEU-4 scripted by epoch; records every caption_loss call and the gradient norm at every optimiser
+    step (whatever does the clipping, the gradients the optimiser sees must have norm <= grad_clip)."""
+    real_caption_loss = train_captioner.caption_loss
+    loss_calls, step_norms, bleu = [], [], iter(SCRIPTED_BLEU)
+
+    def recording_loss(logits, targets, label_smoothing=None):
+        loss_calls.append((torch.is_grad_enabled(), label_smoothing))  # grad enabled: a training step
+        return real_caption_loss(logits, targets, label_smoothing or 0.0)
+
+    def grad_norm_before_step(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        step_norms.append(math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_captioner, "caption_loss", recording_loss)
+        mp.setattr(train_captioner, "evaluate_captions", lambda references, hypotheses: {"BLEU-4": next(bleu)})
+        handle = register_optimizer_step_pre_hook(grad_norm_before_step)
+        try:
+            history = run(workdir, "instrumented", "--set", "label_smoothing=0.25", "--set", "train.grad_clip=0.01",
+                          "--set", "eval.patience=2", "--set", "train.epochs=6")
+        finally:
+            handle.remove()
+    return history, loss_calls, step_norms
+
+
+def test_label_smoothing_reaches_the_training_and_the_validation_loss(instrumented_run):
+    history, loss_calls, _ = instrumented_run
+    training = [smoothing for grad, smoothing in loss_calls if grad]
+    validation = [smoothing for grad, smoothing in loss_calls if not grad]
+    assert len(training) == history[-1]["step"]  # one loss per optimisation step
+    assert validation and len(validation) % len(history) == 0  # the same batches after every epoch
+    assert set(training) == set(validation) == {0.25}  # the configured value, not the default 0.1 or none
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_bleu(instrumented_run):
+    history, _, _ = instrumented_run
+    # BLEU-4 0.1, 0.3 (best), 0.2, 0.25: two epochs without a better score = patience, so the fifth
+    # epoch never starts (the scripted 0.9 would have been the best); without patience 6 epochs run.
+    assert [h["bleu4"] for h in history] == SCRIPTED_BLEU[:4]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_gradients_are_clipped_to_train_grad_clip(instrumented_run):
+    history, _, step_norms = instrumented_run
+    assert len(step_norms) == history[-1]["step"]
+    # clip_grad_norm_ scales by max_norm / (norm + 1e-6): the norm lands just below 0.01. Unclipped,
+    # or clipped to another value, the cross-entropy gradients of a fresh model are far larger.
+    assert max(step_norms) <= 0.01 * (1 + 1e-5)
+    assert min(step_norms) >= 0.01 * (1 - 1e-3)
+
+
+def test_decoder_input_is_the_scaled_embedding_plus_the_sinusoidal_position():
+    """x = E[token] * sqrt(d) + PE[position], PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(...):
+    written out by hand and compared with what enters the decoder's transformer."""
+    torch.manual_seed(0)
+    d, vocab = 8, 11
+    decoder = CaptionDecoder(vocab, d, n_layers=1, n_heads=2, d_ff=16, max_len=6).eval()
+    tokens = torch.tensor([[SOS_ID, 5, 9, EOS_ID], [SOS_ID, 7, PAD_ID, PAD_ID]])
+    seen = []
+    decoder.decoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    with torch.no_grad():
+        decoder(tokens, torch.randn(2, 3, d))
+    weight = decoder.token_embedding.weight.detach()
+    expected = torch.zeros(2, 4, d)
+    for b in range(2):
+        for p in range(4):
+            for i in range(d // 2):
+                angle = p / 10000 ** (2 * i / d)
+                expected[b, p, 2 * i] = weight[tokens[b, p], 2 * i] * math.sqrt(d) + math.sin(angle)
+                expected[b, p, 2 * i + 1] = weight[tokens[b, p], 2 * i + 1] * math.sqrt(d) + math.cos(angle)
+    assert weight.std().item() == pytest.approx(d ** -0.5, rel=0.3)  # unit scale only after the sqrt(d)
+    torch.testing.assert_close(seen[0], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_epochs_since_best():

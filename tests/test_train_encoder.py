@@ -1,12 +1,14 @@
 """train_encoder.py end to end on a tiny processed folder: outputs, exact resume, failures."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import train_encoder
 from captioner.data.coco_annotations import SplitData
@@ -115,6 +117,51 @@ def test_images_in_device_memory_train_exactly_as_the_loader(processed, two_epoc
     _, history = two_epochs
     on_device = train_encoder.main(args(processed, tmp_path, "data.on_device=true"))
     assert [(h["train_loss"], h["val_loss"]) for h in on_device] == [(h["train_loss"], h["val_loss"]) for h in history]
+
+
+def test_every_epoch_draws_new_crops_and_masks_and_a_repeated_epoch_the_same(processed, tmp_path, monkeypatch):
+    """The training generator of epoch e must depend on e (else every epoch repeats the crops, flips and
+    masks of epoch 0), and rerunning epoch e after a resume must draw what the uninterrupted run drew."""
+    real_mae_loss = train_encoder.mae_loss
+    seen = []  # the training generators, one per epoch, in the order they were first used
+    first_draws = []  # each one's state before its first draw
+
+    def recording(model, transform, images, generator, num_patches):
+        if model.training and all(generator is not g for g in seen):  # a new epoch's generator
+            seen.append(generator)
+            first_draws.append(generator.get_state().clone())
+        return real_mae_loss(model, transform, images, generator, num_patches)
+
+    monkeypatch.setattr(train_encoder, "mae_loss", recording)
+    train_encoder.main(args(processed, tmp_path / "straight"))
+    epoch0, epoch1 = first_draws
+    assert not torch.equal(epoch0, epoch1)  # epoch 1 does not repeat epoch 0's crops and masks
+    train_encoder.main(["-c", str(tmp_path / "straight" / "checkpoint1.pt"), "--device", "cpu", "--no-progress",
+                        "--set", f"run_dir={tmp_path / 'resumed'}"])
+    assert len(first_draws) == 3
+    assert torch.equal(first_draws[2], epoch1)  # epoch 1 run again draws exactly what it drew the first time
+    # and the draws are the train stream of (seed, epoch), not the validation stream's
+    cpu = torch.device("cpu")
+    seed = load_checkpoint(tmp_path / "straight" / "checkpoint1.pt", kind="mae")["config"]["train"]["seed"]
+    assert not torch.equal(epoch0, train_encoder.seeded_generator(cpu, seed, train_encoder.VALIDATION_STREAM).get_state())
+
+
+def test_gradients_are_clipped_to_train_grad_clip(processed, tmp_path):
+    """Whatever does the clipping, the gradients the optimiser steps with have norm <= train.grad_clip
+    (clip_grad_norm_ leaves them just below it); a fresh MAE's gradients are far larger than 1e-3."""
+    norms = []
+
+    def grad_norm_before_step(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)))
+
+    handle = register_optimizer_step_pre_hook(grad_norm_before_step)
+    try:
+        history = train_encoder.main(args(processed, tmp_path, "train.epochs=1", "train.grad_clip=0.001"))
+    finally:
+        handle.remove()
+    assert len(norms) == history[-1]["step"] == 3
+    assert 0.001 * (1 - 1e-3) <= min(norms) <= max(norms) <= 0.001 * (1 + 1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

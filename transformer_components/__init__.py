@@ -4,7 +4,13 @@ encodings, and greedy / beam-search generation. Knows nothing about images or ca
 from .attention import AttentionCache, KVCache, MultiHeadAttention, attention_mask
 from .encoder_decoder import TransformerEncoderDecoder
 from .generation import beam_search, greedy_search, length_penalty
-from .layers import DecoderLayer, EncoderLayer, FeedForward, TransformerDecoder, TransformerEncoder
+from .layers import (
+    DecoderLayer,
+    EncoderLayer,
+    FeedForward,
+    TransformerDecoder,
+    TransformerEncoder,
+)
 from .position import sincos_2d_position_encoding, sinusoidal_position_encoding
 
 __all__ = [

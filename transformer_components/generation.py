@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def length_penalty(length: Tensor, alpha: float) -> Tensor:
+def length_penalty(length: Tensor | float, alpha: float) -> Tensor | float:
     """GNMT's lp(n) = ((5 + n) / 6) ** alpha. Example: lp(1) = 1, lp(7) = 2 ** alpha."""
     return ((5.0 + length) / 6.0) ** alpha
 
@@ -106,70 +106,95 @@ def beam_search(
     memory_padding_mask: Tensor | None = None,
     use_cache: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Batched beam search: K = beam_size hypotheses for each of B sources, all in one batch.
+    """Batched beam search: K = beam_size live beams and a pool of K finished hypotheses for
+    each of B sources, all sources in one batch (as in GNMT, fairseq and Hugging Face).
 
-    The beams of source b are rows b*K .. b*K+K-1 of every (B*K, ...) tensor.
-    - Step 1 runs on one row per source and takes its top K tokens, so no beam is duplicated;
-      only then are the memory and the cache (its cross-attention keys/values included)
-      expanded to B*K rows.
-    - Each later step scores every (beam, token) continuation by total log-probability and
-      keeps the best K per source; the cache follows with `reorder`.
-    - A finished beam (it produced <eos>) is frozen: its only continuation is <pad> at +0, so
-      its score never changes; it stays in the beam and competes with the live ones.
-    - The search stops when every beam is finished or after max_len generated tokens; the
-      final K hypotheses are ranked by the length-normalised score (module docstring).
-    If K exceeds the number of possible hypotheses, the surplus beams have score -inf.
+    The live beams of source b are rows b*K .. b*K+K-1 of every (B*K, ...) tensor. At step t
+    (the t-th generated token):
+    - Every live beam is extended by every token; the best 2K continuations of each source by
+      total log-probability are the candidates. (Step 1 runs on one row per source, so no beam
+      is duplicated; only then are the memory and the cache expanded to B*K rows.)
+    - A candidate ending in <eos> is finished: it joins the source's pool with its normalised
+      score logp / lp(t), n = t counting the <eos>; the pool keeps its best K.
+    - The best K candidates that do not end in <eos> are the new live beams (a beam has one
+      <eos> continuation, so at most K of the 2K are <eos>); the cache follows with `reorder`.
+    - Stopping bound: a live beam with total log-probability s <= 0 can only finish with some
+      s' <= s at some length n in t+1 .. max_len, so its normalised score is at most
+      s / max(lp(t+1), lp(max_len)) (lp grows with n for alpha > 0: the bound uses lp(max_len),
+      not the current lp). A source is done when its pool holds K hypotheses and its worst
+      one is >= that bound for its best live beam: nothing left could enter the pool. This is
+      exact (the result equals running to max_len), but looser than fairseq's/HF's default
+      "stop at K finished" heuristic, so with alpha > 0 it often runs longer.
+      A done source's live beams are dropped (score -inf); the batch stops when all are done.
+    - After max_len steps (or when all are done) the pool and the live beams (cut at max_len,
+      n = max_len) are ranked together by normalised score.
+    K = 1 is greedy_search: with a pool, a single beam would keep searching from the runner-up
+    token after greedy's <eos>, which is no longer greedy decoding.
+    If K exceeds the number of possible hypotheses, the surplus ones have score -inf.
 
     memory (B, S, Cm) -> tokens (B, K, L) long, best first, without <sos>, padded with pad_id
     after <eos>, L <= max_len; and scores (B, K), descending.
     """
+    if beam_size == 1:
+        tokens, scores = greedy_search(
+            decoder, memory, sos_id, eos_id, pad_id, max_len, alpha, memory_padding_mask, use_cache
+        )
+        return tokens[:, None], scores[:, None]  # (B, 1, L), (B, 1)
     B, K = memory.size(0), beam_size
     device = memory.device
     forbidden = _forbidden(sos_id, eos_id, pad_id)
     cache = decoder.new_cache() if use_cache else None
+    source = torch.arange(B, device=device)[:, None]  # (B, 1)
 
-    tokens = torch.full((B, 1), sos_id, dtype=torch.long, device=device)  # (B, 1)
-    logp = _next_log_probs(decoder, tokens, memory, memory_padding_mask, cache, forbidden)  # (B, V)
-    V = logp.size(-1)
-    if V < K:  # fewer first tokens than beams: the rest start dead (-inf)
-        logp = F.pad(logp, (0, K - V), value=float("-inf"))  # (B, K)
-    scores, first = logp.topk(K, dim=-1)  # (B, K) each
-    first = first.masked_fill(first >= V, pad_id)  # dead beams' token is a placeholder
+    tokens = torch.full((B, 1), sos_id, dtype=torch.long, device=device)  # (B*k, 1 + t) live, k = 1 at first
+    # float32 here; adding the first log-probs promotes scores and pool to their dtype if wider
+    scores = torch.zeros(B, device=device)  # (B*k,) total log-probability of each live beam
+    pool_tokens = torch.full((B, K, max_len), pad_id, dtype=torch.long, device=device)  # without <sos>
+    pool_scores = torch.full((B, K), float("-inf"), device=device)  # (B, K) normalised, descending
 
-    expand = torch.arange(B, device=device).repeat_interleave(K)  # (B*K,) source of each beam
-    memory = memory.index_select(0, expand)  # (B*K, S, Cm)
-    if memory_padding_mask is not None:
-        memory_padding_mask = memory_padding_mask.index_select(0, expand)  # (B*K, S)
-    if cache is not None:
-        cache.reorder(expand)
-    tokens = torch.cat([tokens.index_select(0, expand), first.view(B * K, 1)], dim=1)  # (B*K, 2)
-    scores = scores.view(B * K)  # (B*K,)
-    finished = (tokens[:, -1] == eos_id) | scores.isneginf()  # (B*K,)
+    for t in range(1, max_len + 1):
+        logp = _next_log_probs(decoder, tokens, memory, memory_padding_mask, cache, forbidden)  # (B*k, V)
+        k, V = tokens.size(0) // B, logp.size(-1)
+        candidates = (scores[:, None] + logp).view(B, k * V)  # (B, k*V) every continuation per source
+        if k * V < 2 * K:  # fewer continuations than candidates: the rest are dead (-inf)
+            candidates = F.pad(candidates, (0, 2 * K - k * V), value=float("-inf"))
+        cand_scores, flat = candidates.topk(2 * K, dim=-1)  # (B, 2K) each, descending
+        parent = (flat // V).clamp(max=k - 1) + source * k  # (B, 2K) row of the beam it extends
+        token = torch.where(flat < k * V, flat % V, pad_id)  # (B, 2K)
+        cand_tokens = torch.cat([tokens[parent], token[:, :, None]], dim=2)  # (B, 2K, 1 + t)
+        is_eos = token == eos_id  # (B, 2K)
 
-    # the single continuation of a finished beam: <pad> at log-probability 0
-    frozen = torch.full((V,), float("-inf"), dtype=scores.dtype, device=device)  # (V,)
-    frozen[pad_id] = 0.0
-    beam_offset = (torch.arange(B, device=device) * K)[:, None]  # (B, 1) first row of each source
+        # finished candidates join the pool, which keeps the best K by normalised score
+        ended = F.pad(cand_tokens[:, :, 1:], (0, max_len - t), value=pad_id)  # (B, 2K, max_len)
+        ended_scores = torch.where(is_eos, cand_scores / length_penalty(t, alpha), float("-inf"))  # (B, 2K)
+        pool_scores, best = torch.cat([pool_scores, ended_scores], dim=1).topk(K, dim=1)  # (B, K)
+        pool_tokens = torch.cat([pool_tokens, ended], dim=1).gather(1, best[:, :, None].expand(-1, -1, max_len))
 
-    for _ in range(1, max_len):
-        if finished.all():
-            break
-        logp = _next_log_probs(decoder, tokens, memory, memory_padding_mask, cache, forbidden)  # (B*K, V)
-        logp = torch.where(finished[:, None], frozen, logp)  # (B*K, V)
-        candidates = (scores[:, None] + logp).view(B, K * V)  # (B, K*V) all continuations per source
-        scores, flat = candidates.topk(K, dim=-1)  # (B, K) each
-        parent = (flat // V + beam_offset).view(B * K)  # (B*K,) row of the beam each one extends
-        token = (flat % V).view(B * K, 1)  # (B*K, 1)
-        tokens = torch.cat([tokens.index_select(0, parent), token], dim=1)  # (B*K, t + 1)
-        scores = scores.view(B * K)
-        finished = finished.index_select(0, parent) | (token[:, 0] == eos_id)
+        # the best K candidates without <eos> live on (a stable sort keeps their score order)
+        keep = is_eos.to(torch.uint8).argsort(dim=1, stable=True)[:, :K]  # (B, K)
+        scores = cand_scores.gather(1, keep).view(B * K)  # (B*K,)
+        tokens = cand_tokens.gather(1, keep[:, :, None].expand(-1, -1, t + 1)).view(B * K, t + 1)
+        rows = parent.gather(1, keep).view(B * K)  # (B*K,) the row each new live beam extends
+        if t == 1:  # expand each source to K beams: its memory, and its cross-attention cache
+            memory = memory.index_select(0, rows)  # (B*K, S, Cm)
+            if memory_padding_mask is not None:
+                memory_padding_mask = memory_padding_mask.index_select(0, rows)  # (B*K, S)
         if cache is not None:
-            # beams only move among the rows of their own source, whose memory is the same
-            cache.reorder(parent, cross_attention=False)
+            # later, beams only move among the rows of their own source, whose memory is the same
+            cache.reorder(rows, cross_attention=t == 1)
 
-    generated = tokens[:, 1:].view(B, K, -1)  # (B, K, L)
-    lengths = sequence_lengths(generated, eos_id).to(scores.dtype)  # (B, K)
-    normalised = scores.view(B, K) / length_penalty(lengths, alpha)  # (B, K)
-    normalised, order = normalised.sort(dim=-1, descending=True)  # (B, K)
-    generated = generated.gather(1, order[:, :, None].expand_as(generated))  # (B, K, L)
-    return generated, normalised
+        if t == max_len:
+            break
+        best_live = scores.view(B, K).max(dim=1).values  # (B,)
+        bound = best_live / max(length_penalty(t + 1, alpha), length_penalty(max_len, alpha))  # (B,)
+        done = pool_scores[:, -1] >= bound  # (B,) a pool short of K has -inf at the end
+        scores = scores.masked_fill(done.repeat_interleave(K), float("-inf"))  # (B*K,) drop their beams
+        if done.all():
+            break
+
+    live = tokens[:, 1:].view(B, K, t)  # (B, K, t)
+    live_scores = scores.view(B, K) / length_penalty(t, alpha)  # (B, K) n = t for a cut beam
+    all_scores = torch.cat([pool_scores, live_scores], dim=1)  # (B, 2K)
+    all_tokens = torch.cat([pool_tokens[:, :, :t], live], dim=1)  # (B, 2K, t)
+    out_scores, order = all_scores.topk(K, dim=1)  # (B, K) descending
+    return all_tokens.gather(1, order[:, :, None].expand(-1, -1, t)), out_scores

@@ -9,6 +9,7 @@ from pixels, ``shapes_captions.py``), so every caption is true by construction::
     >>> scene = scene_for(seed=0, split="train", index=0, image_size=64)
     >>> [(o.size, o.colour, o.shape) for o in scene.objects], scene.background.kind
     ([('small', 'green', 'triangle'), ('small', 'red', 'diamond')], 'noise')
+    >>> from captioner.data.shapes_captions import captions_for
     >>> captions_for(seed=0, split="train", index=0, image_size=64)[2:]
     ['Two shapes on a speckled background.', 'The diamond is above the triangle.', 'All the shapes are small.']
 

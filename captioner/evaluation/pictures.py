@@ -2,8 +2,8 @@
 
 :func:`image_grid` is the generic part (one row per example, one column per view of it), and
 :func:`mae_reconstruction_figure` builds MAE's "original | masked | reconstruction" picture on it;
-:func:`captions_figure` and :func:`attention_figure` draw evaluate.py's sample captions and the
-caption decoder's cross-attention for each generated word.
+:func:`captions_figure` and :func:`attention_figure` draw evaluate.py's sample captions (marked true or
+false where their truth is known) and the caption decoder's cross-attention for each generated word.
 Images arrive as normalised float batches, the way the models see them; :func:`to_uint8` undoes
 :func:`captioner.data.transforms.normalize`.
 """
@@ -93,6 +93,9 @@ def save_png(image: Image.Image, path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 REFERENCE_GRAY = (110, 110, 110)  # reference captions in gray, so that the generated one stands out
+# A caption's verdict (truth.py): the colour of the bar under its image, and the word before it.
+VERDICT_MARKS = {True: ((20, 160, 40), "true"), False: ((210, 30, 30), "false"), None: ((150, 150, 150), "unparsed")}
+VERDICT_BAR = 5  # pixels
 # Heat-map colours from no attention to the most: dark blue, light blue, yellow, red.
 HEAT_STOPS = ((0, 0, 140), (0, 170, 255), (255, 230, 0), (220, 0, 0))
 
@@ -119,26 +122,34 @@ def _tile(image: Tensor, scale: int) -> Image.Image:
 
 
 def captions_figure(images: Tensor, captions: Sequence[str], references: Sequence[str | None], scale: int = 1,
-                    columns: int = 4, pad: int = 6, background: int = 255) -> Image.Image:
+                    columns: int = 4, pad: int = 6, background: int = 255,
+                    verdicts: Sequence[bool | None] | None = None) -> Image.Image:
     """Sample images in a grid, each with its generated caption (black) and one reference (gray) below.
 
     images (B, 3, H, W) uint8; captions: B generated captions; references: B reference captions,
     None where there is none (an uncaptioned split). ``scale`` enlarges the images (nearest
-    neighbour) so that small ones stay readable; the text wraps at the image width.
+    neighbour) so that small ones stay readable; the text wraps at the image width. ``verdicts``
+    (B, optional): whether each caption is true of its image, None where that is unknown; then a
+    bar under the image shows it (green true, red false, gray unknown) and the caption starts
+    with "model (true):", "model (false):" or "model (unparsed):".
     """
     B, _, H, W = images.shape
     if images.dtype != torch.uint8 or len(captions) != B or len(references) != B:
         raise ValueError("captions_figure needs uint8 images and one caption and one reference (or None) per image")
+    if verdicts is not None and len(verdicts) != B:
+        raise ValueError(f"captions_figure needs one verdict per image, got {len(verdicts)} for {B}")
     w, h = W * scale, H * scale
+    bar = VERDICT_BAR + 2 if verdicts is not None else 0  # the verdict bar and a gap under it
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))  # the default font, to measure text with
     texts = []  # per image: [(line, colour)]
-    for caption, reference in zip(captions, references):
-        lines = [(line, (0, 0, 0)) for line in wrap_text(f"model: {caption}", w, measure)]
+    for i, (caption, reference) in enumerate(zip(captions, references)):
+        label = "model" if verdicts is None else f"model ({VERDICT_MARKS[verdicts[i]][1]})"
+        lines = [(line, (0, 0, 0)) for line in wrap_text(f"{label}: {caption}", w, measure)]
         if reference is not None:
             lines += [(line, REFERENCE_GRAY) for line in wrap_text(f"ref: {reference}", w, measure)]
         texts.append(lines)
     line_h = measure.textbbox((0, 0), "Ag")[3] + 2  # bottom of the tallest letters, plus a gap
-    cell_h = h + 3 + line_h * max(len(lines) for lines in texts)
+    cell_h = h + bar + 3 + line_h * max(len(lines) for lines in texts)
     n_cols = min(columns, B)
     n_rows = -(-B // n_cols)
     canvas = Image.new("RGB", (pad + n_cols * (w + pad), pad + n_rows * (cell_h + pad)), (background,) * 3)
@@ -147,8 +158,10 @@ def captions_figure(images: Tensor, captions: Sequence[str], references: Sequenc
         x0 = pad + (i % n_cols) * (w + pad)
         y0 = pad + (i // n_cols) * (cell_h + pad)
         canvas.paste(_tile(images[i], scale), (x0, y0))
+        if verdicts is not None:
+            draw.rectangle((x0, y0 + h + 1, x0 + w - 1, y0 + h + VERDICT_BAR), fill=VERDICT_MARKS[verdicts[i]][0])
         for k, (line, colour) in enumerate(texts[i]):
-            draw.text((x0, y0 + h + 3 + k * line_h), line, fill=colour)
+            draw.text((x0, y0 + h + bar + 3 + k * line_h), line, fill=colour)
     return canvas
 
 

@@ -1,16 +1,18 @@
-"""Byte-pair encoding (BPE) on characters, trained on a word-frequency table.
+"""Byte-pair encoding (BPE) on characters, trained on a pre-token frequency table.
 
-A word is spelled as its characters followed by an end-of-word symbol, so that
-decoding knows where words end::
+A pre-token (`captioner.text.normalize.pretokenize`) is spelled as its characters; the
+word-start marker ``▁`` that a space before it left is a character like any other, so
+decoding knows where spaces go, and a pre-token without it is glued to the one before::
 
-    "low"  ->  ["l", "o", "w", "</w>"]
+    "▁low"  ->  ["▁", "l", "o", "w"]        "."  ->  ["."]
 
 Training repeatedly merges the most frequent adjacent pair of symbols into a new
-symbol ("e" + "s" -> "es") until the vocabulary is full. Because captions repeat
-the same few thousand words, training counts each distinct word once (with its
-frequency) and, after each merge, updates the pair counts of only the words that
-contained the merged pair. Encoding a word replays the merges in the order they
-were learned.
+symbol ("e" + "s" -> "es", "▁" + "l" -> "▁l") until the vocabulary is full. Because
+captions repeat the same few thousand words, training counts each distinct pre-token
+once (with its frequency) and, after each merge, updates the pair counts of only the
+pre-tokens that contained the merged pair. Merges never cross pre-tokens. Encoding a
+pre-token replays the merges in the order they were learned. (In the code below a
+"word" is a pre-token.)
 
 This module knows nothing about ids or special tokens; `captioner.text.tokenizers`
 wraps it into a tokenizer.
@@ -20,7 +22,7 @@ import heapq
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 
-END_OF_WORD = "</w>"
+from captioner.text.normalize import WORD_START
 
 Pair = tuple[str, str]
 
@@ -56,8 +58,8 @@ def merge(symbols: Sequence[str], pair: Pair, new_symbol: str) -> list[str]:
 
 
 def spell(word: str) -> list[str]:
-    """The symbols a word starts from: ``spell("low") == ["l", "o", "w", "</w>"]``."""
-    return [*word, END_OF_WORD]
+    """The symbols a pre-token starts from: ``spell("▁low") == ["▁", "l", "o", "w"]``."""
+    return list(word)
 
 
 def train_bpe(
@@ -65,21 +67,21 @@ def train_bpe(
     n_tokens: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[str], list[Pair]]:
-    """Learn BPE merges from a table ``{word: frequency}``.
+    """Learn BPE merges from a table ``{pre-token: frequency}``.
 
-    Returns ``(alphabet, merges)``: the alphabet is ``"</w>"`` followed by every
-    character of the words in sorted order; merges are learned until alphabet plus
-    merged tokens number `n_tokens`, or no pair is left. The most frequent pair wins;
-    ties go to the smallest pair in string order, so training is deterministic.
+    Returns ``(alphabet, merges)``: the alphabet is every character of the pre-tokens
+    (``▁`` included) in sorted order; merges are learned until alphabet plus merged
+    tokens number `n_tokens`, or no pair is left. The most frequent pair wins; ties go
+    to the smallest pair in string order, so training is deterministic.
     ``progress(done, total)`` is called after each merge.
 
-    >>> train_bpe({"aab": 2, "ab": 1}, 5)
-    (['</w>', 'a', 'b'], [('a', 'b'), ('ab', '</w>')])
+    >>> train_bpe({"▁aab": 2, "▁ab": 1}, 5)
+    (['a', 'b', '▁'], [('a', 'b'), ('a', 'ab')])
     """
-    alphabet = [END_OF_WORD, *sorted({ch for word in word_counts for ch in word})]
+    alphabet = sorted({ch for word in word_counts for ch in word})
     if n_tokens < len(alphabet):
         raise ValueError(
-            f"the training text has {len(alphabet)} symbols (its characters and the end-of-word marker), "
+            f"the training text has {len(alphabet)} symbols (its characters and the word-start marker), "
             f"more than the {n_tokens} tokens allowed (special tokens excluded)"
         )
     words = [spell(word) for word in word_counts]
@@ -133,12 +135,12 @@ def train_bpe(
 
 
 def encode_word(word: str, ranks: Mapping[Pair, int]) -> list[str]:
-    """Split one word into BPE tokens by replaying merges, earliest-learned first.
+    """Split one pre-token into BPE tokens by replaying merges, earliest-learned first.
 
     `ranks` maps each merge to its position in the merge list.
 
-    >>> encode_word("abab", {("a", "b"): 0, ("ab", "</w>"): 1})
-    ['ab', 'ab</w>']
+    >>> encode_word("▁abab", {("a", "b"): 0, ("▁", "ab"): 1})
+    ['▁ab', 'ab']
     """
     symbols = spell(word)
     while len(symbols) > 1:
@@ -150,20 +152,12 @@ def encode_word(word: str, ranks: Mapping[Pair, int]) -> list[str]:
 
 
 def join_tokens(tokens: Sequence[str]) -> str:
-    """Glue BPE tokens back into words separated by single spaces.
+    """Glue BPE tokens back into text: concatenate them, then each ``▁`` becomes one space.
 
-    A token ending in ``</w>`` ends a word. Normalised words never contain ``<``
-    next to other characters, so that suffix cannot occur any other way.
+    Tokens never contain whitespace and ``▁`` only ever starts a word, so this is the
+    normalised text again, words separated by single spaces.
 
-    >>> join_tokens(["lo", "w</w>", "es", "t", "</w>"])
-    'low est'
+    >>> join_tokens(["▁lo", "w", "▁man", "'s", "▁t", "-", "shirt", "."])
+    "low man's t-shirt."
     """
-    words, current = [], ""
-    for token in tokens:
-        if token.endswith(END_OF_WORD):
-            words.append(current + token[: -len(END_OF_WORD)])
-            current = ""
-        else:
-            current += token
-    words.append(current)
-    return " ".join(word for word in words if word)
+    return " ".join("".join(tokens).replace(WORD_START, " ").split())

@@ -1,55 +1,78 @@
-"""How every tokenizer sees text: lowercase, accents stripped, punctuation split off, words counted.
+"""How every tokenizer sees text: normalised words, cut into pre-tokens that remember their spacing.
 
->>> normalize_text("A Café, two cats!")
-['a', 'cafe', ',', 'two', 'cats', '!']
+Decoding must give back the caption the scorer saw, or a model that writes the reference word for
+word still scores zero: ``a man ' s t - shirt`` never matches the reference's ``man 's t-shirt``
+(`captioner.evaluation.ptb_tokenizer.tokenize_caption`). So normalisation loses nothing that the
+scorer keeps, and every pre-token records whether a space came before it:
+
+1. `normalize_text`: Unicode NFC (composed accents), lowercase, split on whitespace. Accents
+   stay, because the scorer keeps them: "café" must not come back as "cafe".
+2. `pretokenize` cuts one word into *pre-tokens*, the units a merge never crosses: a run of
+   letters and digits, with single ``' ’ - . , : /`` *between* two of them kept inside
+   (``man's``, ``t-shirt``, ``3.5``, ``8:30``, ``1,000``, ``and/or``); every other character
+   is a pre-token of its own (the ``,`` and ``.`` after a word, brackets, ``$``, emoji).
+3. The first pre-token of each word starts with ``▁`` (U+2581, the marker SentencePiece uses):
+   a space came before it. A pre-token without it is *glued* to the one before.
+
+Worked example::
+
+    "A man's T-shirt, 3.5 m (café)!"
+    normalize_text  ['a', "man's", 't-shirt,', '3.5', 'm', '(café)!']
+    pretokenize     ['▁a'] ["▁man's"] ['▁t-shirt', ','] ['▁3.5'] ['▁m'] ['▁(', 'café', ')', '!']
+    decoded         "a man's t-shirt, 3.5 m (café)!"
+
+BPE keeps the ``▁`` as a symbol (``▁man`` ``'s``); WordPiece turns it into its own convention,
+a glued pre-token starting with a ``##`` piece (``man ##'s``, ``t ##- ##shirt ##,``). Either way
+decoding puts a space exactly where a ``▁`` was, so ``decode(encode(text)) ==
+" ".join(normalize_text(text))`` for text made of characters seen in training, and the scorer
+tokenizes the decoded caption exactly as it tokenizes the lowercased reference.
+
+Why mark spaces rather than only keep inner punctuation inside words: the scorer also reads a
+word's edges (``p.m.``, ``u.s.`` and ``mr.`` keep their final dot and ``!!`` is one token, while
+``p.m .`` and ``! !`` lose them). And why not a separate "glue" token: it would lengthen every
+caption, where ``▁`` costs nothing once it has merged with the first letters of words.
+Shapes captions are plain words with ``,`` and ``.`` after them: ``"a red cube, a ball."`` gives
+``▁a ▁red ▁cube , ▁a ▁ball .``.
+
+Text that holds ``▁`` itself reads it as a space (the marker cannot be told apart from it).
 """
 
 import re
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-# The ASCII-only path of normalize_text: runs of letters/digits, or any other single visible character.
-_ASCII_WORD = re.compile(r"[a-z0-9]+|[^a-z0-9\s\x00-\x1f\x7f]")
+WORD_START = "\u2581"
+
+
+# A run of letters/digits with single inner ' ’ - . , : / joining runs, or any one other character.
+_PRETOKEN = re.compile(r"[^\W_]+(?:['’\-.,:/][^\W_]+)*|.", re.DOTALL)
 
 
 def normalize_text(text: str) -> list[str]:
-    """Split text into normalised words, the units every tokenizer works on.
+    """Split text into normalised words: NFC, lowercase, ``▁`` read as a space, split on whitespace.
 
-    1. Unicode NFKD, then lowercase, then combining marks dropped: accents go,
-       ``"Café" -> "cafe"``, ligatures and full-width forms become plain letters.
-    2. Whitespace separates words; so do control, format and other category-C
-       characters, which are dropped.
-    3. Each punctuation or symbol character (Unicode category P* or S*) is a word
-       of its own, so ``"dog's"`` gives ``["dog", "'", "s"]``.
-
-    >>> normalize_text("A Café, by the  SEA!")
-    ['a', 'cafe', ',', 'by', 'the', 'sea', '!']
+    >>> normalize_text("A  Café, by the SEA!")
+    ['a', 'café,', 'by', 'the', 'sea!']
     """
     if text.isascii():
-        # Same rules as below; plain ASCII needs no Unicode tables, and most captions are ASCII.
-        return _ASCII_WORD.findall(text.lower())
-    words: list[str] = []
-    current: list[str] = []
-    for ch in unicodedata.normalize("NFKD", text).lower():
-        if unicodedata.combining(ch):
-            continue
-        category = unicodedata.category(ch)
-        if ch.isspace() or category[0] in "CPS":
-            if current:
-                words.append("".join(current))
-                current = []
-            if category[0] in "PS":
-                words.append(ch)
-        else:
-            current.append(ch)
-    if current:
-        words.append("".join(current))
-    return words
+        return text.lower().split()  # NFC and the marker concern non-ASCII text only
+    return unicodedata.normalize("NFC", text.lower()).replace(WORD_START, " ").split()
+
+
+def pretokenize(word: str) -> list[str]:
+    """Cut one normalised word into pre-tokens; the first carries ``▁``, the others are glued to it.
+
+    >>> pretokenize("(t-shirt),")
+    ['▁(', 't-shirt', ')', ',']
+    """
+    pieces = _PRETOKEN.findall(word)
+    pieces[0] = WORD_START + pieces[0]
+    return pieces
 
 
 def count_words(texts: Iterable[str]) -> Counter:
-    """Frequency of every normalised word in `texts`: the table both trainers start from.
+    """Frequency of every normalised word in `texts`.
 
     Normalising whitespace-separated chunks one by one gives the same words as normalising
     the whole text, so this counts the raw chunks first (``str.split`` is fast) and then
@@ -64,4 +87,17 @@ def count_words(texts: Iterable[str]) -> Counter:
             counts[word] += n
     if not counts:
         raise ValueError("cannot train a tokenizer: the training texts contain no words")
+    return counts
+
+
+def count_pretokens(word_counts: Mapping[str, int]) -> Counter:
+    """Frequency of every pre-token, from a table ``{word: frequency}``: what both trainers start from.
+
+    >>> count_pretokens({"cube.": 2, "cube": 1})
+    Counter({'▁cube': 3, '.': 2})
+    """
+    counts: Counter = Counter()
+    for word, n in word_counts.items():
+        for piece in pretokenize(word):
+            counts[piece] += n
     return counts

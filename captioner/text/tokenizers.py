@@ -1,29 +1,32 @@
 """Subword tokenizers for captions: BPE and WordPiece with ids, a word cache, and their file format.
 
-Every tokenizer sees text through `normalize_text` (``captioner/text/normalize.py``: lowercase,
-accents stripped, punctuation split off) and shares four special tokens with fixed ids::
+Every tokenizer sees text through ``captioner/text/normalize.py`` (lowercase, accents kept, words
+cut into pre-tokens that remember whether a space came before them, so that decoding re-attaches
+punctuation: ``man's``, ``t-shirt``, ``3.5``, ``cube.``) and shares four special tokens with fixed ids::
 
     <pad> = 0   <sos> = 1   <eos> = 2   <unk> = 3
 
->>> tok = BPETokenizer().train(["a red cube.", "a blue cube!"], vocab_size=20)
+>>> tok = BPETokenizer().train(["a red cube.", "a blue cube!"], vocab_size=27)
+>>> [tok.id_to_token(i) for i in tok.encode("A red cube!")]
+['▁a', '▁red', '▁cube', '!']
 >>> tok.decode(tok.encode("A red cube!"))
-'a red cube !'
+'a red cube!'
 
 The algorithms themselves live in `captioner/text/bpe.py` and `captioner/text/wordpiece.py`; this
 module adds ids, a per-word cache and saving/loading.
 
 File format (UTF-8 text, one item per line)::
 
-    captioner-tokenizer v1 bpe        header: magic, version, kind ("bpe" or "wordpiece")
+    captioner-tokenizer v2 bpe        header: magic, version, kind ("bpe" or "wordpiece")
     tokens 21                         the vocabulary, in id order, specials first
     <pad>
     ...
     merges 6                          BPE only: the merges in the order learned,
-    e s                               the two symbols separated by a space
+    ▁ c                               the two symbols separated by a space
     ...
 
 Tokens never contain whitespace (normalisation splits on it), so a line is
-always exactly one token.
+always exactly one token. Files of an older version cut text differently and are refused.
 """
 
 import os
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from captioner.infra.fileio import atomic_write_bytes
 from captioner.text import bpe, wordpiece
-from captioner.text.normalize import count_words, normalize_text
+from captioner.text.normalize import count_pretokens, count_words, normalize_text, pretokenize
 
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -48,7 +51,7 @@ _SPECIALS = frozenset(SPECIAL_TOKENS)
 MAGIC = "captioner-tokenizer"
 
 
-VERSION = "v1"
+VERSION = "v2"
 
 
 # Distinct chunks cached per tokenizer; captions use a few tens of thousands, so this only
@@ -99,15 +102,18 @@ class _SubwordTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of the normalised `text`; no special tokens are added.
 
-        Each distinct whitespace-separated chunk (``"Dog,"``) is normalised and split once and
-        then served from a cache: chunk by chunk gives the same words as the whole text.
+        Each distinct whitespace-separated chunk (``"Dog,"``) is normalised, cut into pre-tokens
+        (``▁dog`` ``,``) and encoded once, then served from a cache: chunk by chunk gives the
+        same words as the whole text.
         """
         ids: list[int] = []
         cache = self._cache
         for chunk in text.split():
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
-                chunk_ids = [i for word in normalize_text(chunk) for i in self._encode_word(word)]
+                chunk_ids = [
+                    i for word in normalize_text(chunk) for piece in pretokenize(word) for i in self._encode_word(piece)
+                ]
                 if len(cache) < _CACHE_LIMIT:
                     cache[chunk] = chunk_ids
             ids.extend(chunk_ids)
@@ -117,10 +123,11 @@ class _SubwordTokenizer:
         raise NotImplementedError
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Text of `ids`: special tokens are skipped, words are joined by single spaces.
+        """Text of `ids`: special tokens are skipped (``<unk>`` too), words are joined by single spaces.
 
         For any text made of characters seen in training,
-        ``decode(encode(text)) == " ".join(normalize_text(text))``.
+        ``decode(encode(text)) == " ".join(normalize_text(text))``: the lowercased text, its
+        punctuation where it was (``"A man's T-shirt." -> "a man's t-shirt."``).
         """
         tokens = (self.id_to_token(i) for i in ids)
         return self._join([token for token in tokens if token not in _SPECIALS])
@@ -153,10 +160,10 @@ class _SubwordTokenizer:
 
 
 class BPETokenizer(_SubwordTokenizer):
-    """Character-level BPE with an end-of-word marker (see `captioner.text.bpe`).
+    """Character-level BPE with a word-start marker ``▁`` (see `captioner.text.bpe`).
 
     A character never seen in training becomes ``<unk>`` on its own; the rest of its
-    word is still encoded, and the end-of-word marker keeps word boundaries intact.
+    word is still encoded, and the ``▁`` markers keep word boundaries intact.
     """
 
     kind = "bpe"
@@ -185,7 +192,8 @@ class BPETokenizer(_SubwordTokenizer):
 
         ``progress(done, total)`` is called after each merge. Returns self.
         """
-        alphabet, merges = bpe.train_bpe(count_words(texts), vocab_size - len(SPECIAL_TOKENS), progress)
+        pretokens = count_pretokens(count_words(texts))
+        alphabet, merges = bpe.train_bpe(pretokens, vocab_size - len(SPECIAL_TOKENS), progress)
         # Two merges could in principle spell the same token; the vocabulary keeps it once.
         self._set_vocab(list(dict.fromkeys(alphabet + [a + b for a, b in merges])))
         self._set_merges(merges)
@@ -205,8 +213,8 @@ class BPETokenizer(_SubwordTokenizer):
 class WordPieceTokenizer(_SubwordTokenizer):
     """WordPiece with ``##`` continuation pieces (see `captioner.text.wordpiece`).
 
-    A word that cannot be cut into vocabulary pieces, e.g. one with a character
-    never seen in training, becomes a single ``<unk>``.
+    A pre-token that cannot be cut into vocabulary pieces, e.g. one with a character
+    never seen in training, becomes a single ``<unk>``: ``"dog🐶"`` gives ``dog <unk>``.
     """
 
     kind = "wordpiece"
@@ -224,7 +232,8 @@ class WordPieceTokenizer(_SubwordTokenizer):
 
         ``progress(done, total)`` is called after each merge. Returns self.
         """
-        self._set_vocab(wordpiece.train_wordpiece(count_words(texts), vocab_size - len(SPECIAL_TOKENS), progress))
+        pretokens = count_pretokens(count_words(texts))
+        self._set_vocab(wordpiece.train_wordpiece(pretokens, vocab_size - len(SPECIAL_TOKENS), progress))
         return self
 
     def _encode_word(self, word: str) -> list[int]:
@@ -278,6 +287,11 @@ def _parse(text: str) -> BPETokenizer | WordPieceTokenizer:
         raise ValueError(f"not a tokenizer file (the first line should start with {MAGIC!r})")
     _, version, kind = header
     if version != VERSION:
+        if version == "v1":  # punctuation split off, accents dropped, WordPiece scored without frequency
+            raise ValueError(
+                f"made by an older version ({version}; this code reads {VERSION}); rerun process_coco.py "
+                "(and retrain the models that use it)"
+            )
         raise ValueError(f"unsupported tokenizer file version {version!r} (this code reads {VERSION!r})")
     if kind not in _KINDS:
         raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {sorted(_KINDS)}")

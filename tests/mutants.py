@@ -1,0 +1,251 @@
+"""Deliberate breaks ("mutants"): does some test fail when the algorithm is wrong?
+
+Each entry of ``MUTANTS`` is one plausible mistake: a file, the exact text to find there (it must
+occur exactly once) and what to put instead, and the tests that should notice. The script copies the
+repository's files (``git ls-files``: tracked, and untracked but not ignored) to a temporary folder,
+runs every listed test there once unbroken (a test that already fails proves nothing), then applies
+each break in turn, runs its tests with a timeout, puts the file back, and reports:
+
+    KILLED    a listed test failed: the break is noticed
+    SURVIVED  every listed test passed with the break in place: a test is missing or too weak
+    TIMEOUT   the tests did not finish in time (counted as noticed, but look at it)
+    STALE     the text to break is not in the file (any more): update the entry
+    ERROR     pytest could not run (collection error, no tests selected)
+
+The working tree is never modified. Usage (from the repository root)::
+
+    python tests/mutants.py               # every break
+    python tests/mutants.py -k bleu       # the breaks whose name contains "bleu"
+    python tests/mutants.py --list        # names, files and tests only
+
+The exit status is 1 when a break survived or was stale. The file is named without ``test_`` so
+that pytest never collects or imports it. See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str  # relative to the repository root
+    edits: tuple[tuple[str, str], ...]  # (text that must occur exactly once, its replacement), in order
+    tests: tuple[str, ...]  # pytest arguments: files, node ids, -k expressions
+    why: str = ""
+
+
+def mutant(name, file, original, replacement, tests, why="", more=()) -> Mutant:
+    return Mutant(name, file, ((original, replacement), *more), tuple(tests), why)
+
+
+TRAIN_CAPTIONER_TESTS = ("tests/test_train_captioner.py",)
+MUTANTS = [
+    # ---- 1. the MAE decoder
+    mutant("mae-decoder-no-unshuffle", "captioner/models/mae.py",
+           "x = x.gather(1, ids_restore[..., None].expand(-1, -1, width))", "x = x",
+           ["tests/test_mae.py"], "the decoder's tokens stay in shuffled order"),
+    mutant("mae-decoder-no-position", "captioner/models/mae.py",
+           "x = self.transformer(x + self.pos_embed)", "x = self.transformer(x)",
+           ["tests/test_mae.py"], "mask tokens cannot tell where they are"),
+    # ---- 2. MAE crops and masks must change every epoch
+    mutant("encoder-seed-without-epoch", "train_encoder.py",
+           "seeded_generator(device, cfg.train.seed, TRAIN_STREAM, epoch, dist_info.rank)",
+           "seeded_generator(device, cfg.train.seed, TRAIN_STREAM, dist_info.rank)",
+           ["tests/test_train_encoder.py", "tests/test_distributed.py"], "every epoch repeats epoch 0's masks"),
+    mutant("encoder-no-clipping", "train_encoder.py",
+           "torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)", "pass",
+           ["tests/test_train_encoder.py"]),
+    # ---- 3. DDP re-wrapped after an unfreeze
+    mutant("captioner-ddp-wrapped-once", "train_captioner.py",
+           "model = wrap_ddp(compiled, dist_info, previous=model)",
+           "model = model if model is not None else wrap_ddp(compiled, dist_info)",
+           ["tests/test_distributed.py"], "a layer unfrozen later trains on its own process's gradients"),
+    mutant("captioner-ddp-hoisted", "train_captioner.py",
+           "        model = wrap_ddp(compiled, dist_info, previous=model)\n", "",
+           ["tests/test_distributed.py"], "DDP built once, before the loop",
+           more=[("    model = None  # compiled,", "    model = wrap_ddp(compiled, dist_info)  # compiled,")]),
+    # ---- 4. train_captioner.py's wiring
+    mutant("label-smoothing-not-in-training-loss", "train_captioner.py",
+           "loss = caption_loss(logits, tokens[:, 1:], cfg.label_smoothing)",
+           "loss = caption_loss(logits, tokens[:, 1:], 0.1)", TRAIN_CAPTIONER_TESTS),
+    mutant("label-smoothing-not-in-validation-loss", "train_captioner.py",
+           "val_loss = validation_loss(model, val_loader, transform, cfg.label_smoothing,",
+           "val_loss = validation_loss(model, val_loader, transform, 0.0,", TRAIN_CAPTIONER_TESTS),
+    mutant("patience-ignored", "train_captioner.py",
+           "if cfg.eval.patience and epochs_since_best(history) >= cfg.eval.patience:", "if False:",
+           TRAIN_CAPTIONER_TESTS),
+    mutant("patience-off-by-one", "train_captioner.py",
+           "epochs_since_best(history) >= cfg.eval.patience", "epochs_since_best(history) > cfg.eval.patience",
+           TRAIN_CAPTIONER_TESTS),
+    mutant("captioner-no-clipping", "train_captioner.py",
+           "torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)", "pass", TRAIN_CAPTIONER_TESTS),
+    mutant("captioner-clipping-ignores-config", "train_captioner.py",
+           "torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)",
+           "torch.nn.utils.clip_grad_norm_(parameters, 1.0)", TRAIN_CAPTIONER_TESTS),
+    mutant("decoder-embedding-not-scaled", "captioner/models/caption_decoder.py",
+           "x = self.token_embedding(tokens) * math.sqrt(self.d_model)", "x = self.token_embedding(tokens)",
+           TRAIN_CAPTIONER_TESTS),
+    # ---- 5. BPE pair counting (only the naive reference: get_stats' own doctest would notice the first)
+    mutant("bpe-pairs-counted-once-per-word", "captioner/text/bpe.py",
+           "    for pair in zip(symbols, symbols[1:]):\n        counts[pair]",
+           "    for pair in set(zip(symbols, symbols[1:])):\n        counts[pair]",
+           ["tests/test_bpe_reference.py"]),
+    mutant("bpe-word-frequency-ignored", "captioner/text/bpe.py",
+           "get_stats(symbols, pair_counts, freq)", "get_stats(symbols, pair_counts, 1)",
+           ["tests/test_bpe_reference.py"]),
+    # ---- 6. a stale docstring example (the one tests/test_doctests.py found)
+    mutant("doctest-stale-example", "captioner/data/shapes_scene.py",
+           "    >>> from captioner.data.shapes_captions import captions_for\n", "",
+           ["tests/test_doctests.py"]),
+    # ---- 7. BLEU's brevity penalty and clipping: the stored, hand-worked corpora alone
+    mutant("bleu-brevity-c-over-r", "captioner/evaluation/metrics.py",
+           "brevity_penalty = math.exp(1 - 1 / ratio)", "brevity_penalty = math.exp(1 - ratio)",
+           ["tests/test_metrics.py", "-k", "reproduces"]),
+    mutant("bleu-no-brevity-penalty", "captioner/evaluation/metrics.py",
+           "if ratio < 1:", "if ratio < 0:", ["tests/test_metrics.py", "-k", "reproduces"]),
+    mutant("bleu-shortest-reference", "captioner/evaluation/metrics.py",
+           "order = np.lexsort((corpus.ref_len, distance, corpus.ref_image))",
+           "order = np.lexsort((distance, corpus.ref_len, corpus.ref_image))",
+           ["tests/test_metrics.py", "-k", "reproduces"]),
+    mutant("bleu-clip-by-summed-references", "captioner/evaluation/metrics.py",
+           "np.maximum.at(max_count, where, ref.count)", "np.add.at(max_count, where, ref.count)",
+           ["tests/test_metrics.py", "-k", "reproduces"]),
+    # ---- 7. resuming a two-process checkpoint in one process
+    mutant("resume-takes-the-last-ranks-rng", "captioner/training/checkpoints.py",
+           'set_rng_state(payload["rng"])', 'set_rng_state(payload.get("rng_by_rank", [payload["rng"]])[-1])',
+           ["tests/test_distributed.py", "-k", "resumes_in_one"]),
+    # ---- 7. the shapes dataset's folders
+    mutant("shapes-unlabeled-images-not-written", "captioner/data/shapes.py",
+           "if not (image_dir / file_name).exists():",
+           'if split != "unlabeled" and not (image_dir / file_name).exists():',
+           ["tests/test_shapes.py", "-k", "coco_schema"]),
+    # ---- beam search's length penalty (tests by another contributor, and the notebook's printed values)
+    mutant("length-penalty-2alpha", "transformer_components/generation.py",
+           "return ((5.0 + length) / 6.0) ** alpha", "return ((5.0 + length) / 6.0) ** (2 * alpha)",
+           ["tests/test_generation.py", "tests/test_notebook.py"]),
+    mutant("length-penalty-1-2", "transformer_components/generation.py",
+           "return ((5.0 + length) / 6.0) ** alpha", "return ((1.0 + length) / 2.0) ** alpha",
+           ["tests/test_generation.py", "tests/test_notebook.py"]),
+    mutant("length-penalty-n-alpha", "transformer_components/generation.py",
+           "return ((5.0 + length) / 6.0) ** alpha", "return length ** alpha",
+           ["tests/test_generation.py", "tests/test_notebook.py"]),
+]
+
+
+def repository_files(repo: Path) -> list[str]:
+    """Tracked files and untracked ones git does not ignore (what a contributor's change consists of)."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
+                         check=True, capture_output=True).stdout
+    return sorted({name for name in out.decode().split("\0") if name and (repo / name).is_file()})
+
+
+def scratch_copy(repo: Path, into: Path) -> None:
+    for name in repository_files(repo):
+        target = into / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo / name, target)
+
+
+def run_pytest(root: Path, args: list[str], timeout: float) -> tuple[str, float, str]:
+    """(outcome, seconds, output) of ``pytest -x args`` in ``root``; outcome is passed, failed, timeout or error."""
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")  # no .pyc that could outlive a break
+    command = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args]
+    start = time.monotonic()
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the test's own worker processes too
+        output, _ = process.communicate()
+        return "timeout", time.monotonic() - start, output
+    seconds = time.monotonic() - start
+    outcome = {0: "passed", 1: "failed"}.get(process.returncode, "error")
+    return outcome, seconds, output
+
+
+def failed_tests(output: str) -> list[str]:
+    return re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.MULTILINE)
+
+
+def apply(root: Path, m: Mutant) -> str | None:
+    """Apply ``m`` in ``root``; returns the original text, or None if an edit's text is not there exactly once."""
+    path = root / m.file
+    original = path.read_text(encoding="utf-8")
+    text = original
+    for old, new in m.edits:
+        if text.count(old) != 1:
+            return None
+        text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return original
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Apply deliberate breaks to a scratch copy and report survivors.")
+    parser.add_argument("-k", default="", help="only the breaks whose name contains this")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per break (default %(default)s)")
+    parser.add_argument("--list", action="store_true", help="list the breaks and exit")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copy (its path is printed)")
+    args = parser.parse_args(argv)
+    selected = [m for m in MUTANTS if args.k in m.name]
+    if args.list:
+        for m in selected:
+            print(f"{m.name:40s} {m.file:40s} {' '.join(m.tests)}")
+        return 0
+
+    scratch = Path(tempfile.mkdtemp(prefix="mutants-"))
+    try:
+        scratch_copy(REPO, scratch)
+        print(f"scratch copy: {scratch} ({len(repository_files(REPO))} files); {len(selected)} breaks")
+        baseline_args = sorted({t for m in selected for t in m.tests if t.startswith("tests/")})
+        outcome, seconds, output = run_pytest(scratch, baseline_args, args.timeout * 2)
+        print(f"unbroken: {outcome} in {seconds:.0f} s ({' '.join(baseline_args)})")
+        if outcome != "passed":
+            print(output[-3000:])
+            print("the tests fail without any break: fix that first")
+            return 2
+        results = []
+        for m in selected:
+            original = apply(scratch, m)
+            if original is None:
+                results.append((m, "STALE", 0.0, []))
+            else:
+                try:
+                    outcome, seconds, output = run_pytest(scratch, list(m.tests), args.timeout)
+                finally:
+                    (scratch / m.file).write_text(original, encoding="utf-8")
+                verdict = {"failed": "KILLED", "passed": "SURVIVED", "timeout": "TIMEOUT"}.get(outcome, "ERROR")
+                if outcome == "error" and failed_tests(output):
+                    verdict = "KILLED"  # pytest was interrupted by an error the break caused (e.g. on import)
+                results.append((m, verdict, seconds, failed_tests(output)[:2] or output.strip().splitlines()[-1:]))
+            _, verdict, seconds, detail = results[-1]
+            print(f"{verdict:9s} {m.name:40s} {seconds:5.1f} s  {', '.join(detail)}", flush=True)
+        counts = {v: sum(1 for r in results if r[1] == v) for v in ("KILLED", "SURVIVED", "TIMEOUT", "STALE", "ERROR")}
+        print("summary: " + ", ".join(f"{n} {v.lower()}" for v, n in counts.items() if n) + f" of {len(results)}")
+        survivors = [m.name for m, v, _, _ in results if v in ("SURVIVED", "STALE", "ERROR")]
+        print("survivors: " + (", ".join(survivors) if survivors else "none"))
+        return 1 if survivors else 0
+    finally:
+        if args.keep:
+            print(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
