@@ -33,11 +33,10 @@ from tqdm import tqdm
 from captioner.cli import run_script
 from captioner.data.image_io import BadImageError
 from captioner.evaluation.own_images import ImageCaptioner
-from captioner.evaluation.pictures import attention_figure, save_png
+from captioner.evaluation.pictures import attention_figure, picture_scale, save_png
 from captioner.serve.server import MAX_UPLOAD_BYTES, CaptionServer
 from captioner.training.checkpoints import latest_checkpoint
 from captioner.training.devices import resolve_device
-from evaluate import picture_scale
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 

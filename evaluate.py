@@ -48,7 +48,7 @@ from captioner.evaluation.attention_maps import word_attention
 from captioner.evaluation.blind_baseline import blind_scores, choose_blind_caption
 from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.metrics import evaluate_captions
-from captioner.evaluation.pictures import attention_figure, captions_figure, save_png
+from captioner.evaluation.pictures import attention_figure, captions_figure, picture_scale, save_png
 from captioner.evaluation.truth import check_caption, shapes_scenes, truth_scores
 from captioner.infra.fileio import atomic_write_bytes
 from captioner.models.captioner import load_captioner
@@ -63,7 +63,6 @@ TRUTH_ROWS = (("claims true", ("claims_true",)), ("captions true", ("captions_tr
               ("scene: shapes", ("whole_scene", "shapes")))
 N_SAMPLES = 8  # images in samples.png
 N_ATTENTION = 3  # images in attention.png
-PICTURE_PIXELS = 192  # small images are enlarged (nearest neighbour) to about this size in the PNGs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,11 +124,6 @@ def first_images(dataset, n: int) -> tuple[torch.Tensor, list[int]]:
     """The first ``n`` images of an ``ImageWithCaptionsDataset``: uint8 (n, 3, S, S) and their ids."""
     batch = to_tensors(dataset.get_batch(range(n)))
     return batch["images"].contiguous(), batch["image_ids"].tolist()
-
-
-def picture_scale(image_size: int) -> int:
-    """How many times the PNGs enlarge an image: 64 px -> 3 (192 px), 256 px -> 1."""
-    return max(1, PICTURE_PIXELS // image_size)
 
 
 def _at(scores: dict | None, path: tuple[str, ...]):

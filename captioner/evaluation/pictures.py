@@ -80,6 +80,14 @@ def mae_reconstruction_figure(images: Tensor, reconstruction: Tensor, pixel_mask
     return image_grid([original, masked, pasted], ["original", "masked", "reconstruction"], scale=scale)
 
 
+PICTURE_PIXELS = 192  # small images are enlarged (nearest neighbour) to about this size in the PNGs
+
+
+def picture_scale(image_size: int) -> int:
+    """How many times the PNGs enlarge an image: 64 px -> 3 (192 px), 256 px -> 1."""
+    return max(1, PICTURE_PIXELS // image_size)
+
+
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Save ``image`` as PNG, creating the folder; returns the path."""
     path = Path(path)
