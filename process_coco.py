@@ -66,6 +66,7 @@ from captioner.infra.stamps import (
     stamp_path,
     write_stamp,
 )
+from captioner.text.tokenizers import VERSION as TOKENIZER_VERSION
 from captioner.text.tokenizers import load_tokenizer, train_tokenizer
 
 DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256}
@@ -173,7 +174,7 @@ def process(args: argparse.Namespace) -> dict:
     train = next(split for split in splits if split.name == "train")
     train_captions = [c for captions in train.captions for c in captions]
     tokenizer_path = processed / "tokenizer.txt"
-    tokenizer_fp = fingerprint("tokenizer", args.tokenizer, args.vocab_size, train_captions)
+    tokenizer_fp = fingerprint("tokenizer", TOKENIZER_VERSION, args.tokenizer, args.vocab_size, train_captions)
     if is_done(processed, tokenizer_path.name, tokenizer_fp):
         tokenizer = load_tokenizer(tokenizer_path)
         print(f"2. tokenizer: up to date ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")

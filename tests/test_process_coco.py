@@ -86,6 +86,18 @@ def test_shapes_end_to_end_then_rerun_is_up_to_date(tmp_path, capsys):
     assert load_tokenizer(processed / "tokenizer.txt").kind == "wordpiece"
 
 
+def test_a_new_tokenizer_format_retrains_the_tokenizer_and_retokenizes(tmp_path, capsys, monkeypatch):
+    """A processed folder made by an older tokenizer version is not 'up to date': its tokenizer file
+    could not be read any more, so the rerun that the error message asks for must redo it."""
+    args = ["--data-dir", tmp_path, "--n-train", 6, "--n-val", 2, "--n-test", 1, "--vocab-size", 60]
+    run(*args)
+    capsys.readouterr()
+    monkeypatch.setattr(process_coco, "TOKENIZER_VERSION", "v-next")
+    run(*args)
+    out = capsys.readouterr().out
+    assert "tokenizer: up to date" not in out and out.count("captions tokenized") == 3
+
+
 # --------------------------------------------------------------------------------------------------
 # A miniature COCO folder with every kind of bad input
 # --------------------------------------------------------------------------------------------------

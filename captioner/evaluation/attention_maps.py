@@ -47,7 +47,7 @@ def token_words(token_ids: list[int], tokenizer) -> list[tuple[str, list[int]]]:
     joins the word before it, or is dropped at the start; a word that no token starts (which a
     tokenizer whose tokens never span two words cannot produce) is left out.
 
-    Example with BPE tokens ``a</w> dode cahedron</w> <eos>``: ``[("a", [0]), ("dodecahedron", [1, 2])]``.
+    Example with BPE tokens ``▁a ▁dode cahedron <eos>``: ``[("a", [0]), ("dodecahedron", [1, 2])]``.
     """
     if EOS_ID in token_ids:
         token_ids = token_ids[: token_ids.index(EOS_ID)]
