@@ -9,7 +9,7 @@ The README's screenshot comes from this test with a trained model (all paths rea
 
     CAPTION_SCREENSHOT=docs/figures/caption_page.png \\
     CAPTION_CHECKPOINT=runs/shapes_captioner/checkpoint_best.pt \\
-    CAPTION_IMAGE=data/shapes/raw/val2017/000001000002.jpg CAPTION_WORD=3 \\
+    CAPTION_IMAGE=data/shapes/raw/val2017/000001000006.jpg CAPTION_WORD=11 \\
     python -m pytest -q -p no:cacheprovider tests/test_caption_browser.py
 
 (``CAPTION_WORD``: the position of the word whose heat map the screenshot shows.)

@@ -1,10 +1,11 @@
-"""captioner/distributed.py and torchrun training: two processes on 127.0.0.1 (gloo) against one.
+"""captioner/training/distributed.py and torchrun training: two processes on 127.0.0.1 (gloo) against one.
 
 Starting processes costs seconds on a small machine (DDP alone imports torch._dynamo), so every
-two-process scenario runs in one start of two forked workers (the ``two_processes`` fixture): each
-sets the variables torchrun would set, runs the scenarios in turn and saves what it saw; the tests
-then compare that with single-process references computed here. Forking (not spawning) saves each
-worker re-importing torch; it is safe here because the workers run one thread, as this module does.
+two-process scenario runs in one start of two workers (the ``two_processes`` fixture): each sets
+the variables torchrun would set, runs the scenarios in turn and saves what it saw; the tests then
+compare that with single-process references computed here. The workers are spawned, not forked:
+by the time this module runs, earlier tests have started threads (HTTP servers, a browser driver),
+and a fork taken while one of them holds a lock can leave a worker waiting on it forever.
 """
 
 import json
@@ -353,7 +354,7 @@ def workdir(tmp_path_factory):
 def two_processes(workdir):
     """What ranks 0 and 1 saw (see ``_worker``); a worker's exception is raised here with its traceback."""
     workers = mp.start_processes(_worker, args=(free_ports(3), workdir), nprocs=WORLD, join=False,
-                                 start_method="fork")
+                                 start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not workers.join(timeout=1):
         if time.monotonic() > deadline:  # a collective that never completes would hang the suite
