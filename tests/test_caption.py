@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tiny_checkpoints import save_untrained_captioner
 
 import caption
 from captioner.cli import run_script
@@ -28,14 +29,11 @@ from captioner.config import (
     DataConfig,
     EvalConfig,
     ViTConfig,
-    config_to_dict,
 )
 from captioner.data.image_cache import build_image_cache
 from captioner.evaluation.own_images import ImageCaptioner, cache_size_of
-from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
 from captioner.serve.server import CaptionRequestHandler, CaptionServer
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID, train_tokenizer
-from captioner.training.checkpoints import save_checkpoint
 
 VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=1, heads=2)  # a 4 x 4 patch grid
 DECODER = CaptionDecoderConfig(width=16, depth=1, heads=2, dropout=0.0)
@@ -57,10 +55,8 @@ def make_tiny_checkpoint(folder):
                              data=DataConfig(processed_dir=str(processed), max_caption_len=12),
                              eval=EvalConfig(beam_size=3, alpha=0.6, max_len=7))
     torch.manual_seed(0)
-    model = build_captioner(VIT, DECODER, tokenizer.vocab_size, max_len=12)
-    payload = {"kind": KIND, "epoch": 1, "config": config_to_dict(cfg), "model": model.state_dict(),
-               **checkpoint_extras(VIT, tokenizer.vocab_size, 12, tokenizer.to_text(), None)}
-    return save_checkpoint(folder / "checkpoint1.pt", payload)
+    return save_untrained_captioner(folder / "checkpoint1.pt", VIT, DECODER, cfg, tokenizer.to_text(),
+                                    tokenizer.vocab_size, max_len=12)
 
 
 def draw_image(path, colour, size=(56, 44), fmt=None):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from tiny_checkpoints import save_untrained_captioner
 
 import evaluate
 import process_coco
@@ -18,7 +19,6 @@ from captioner.config import (
     DataConfig,
     EvalConfig,
     ViTConfig,
-    config_to_dict,
 )
 from captioner.evaluation import blind_baseline
 from captioner.evaluation.attention_maps import (
@@ -38,7 +38,7 @@ from captioner.evaluation.pictures import (
     wrap_text,
 )
 from captioner.evaluation.truth import shapes_scenes, truth_scores
-from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
+from captioner.models.captioner import build_captioner
 from captioner.text.tokenizers import (
     EOS_ID,
     PAD_ID,
@@ -66,10 +66,8 @@ def workdir(tmp_path_factory):
                              data=DataConfig(processed_dir=str(processed), batch_size=3, max_caption_len=12),
                              eval=EvalConfig(beam_size=2, alpha=0.6, max_len=8))
     torch.manual_seed(0)
-    model = build_captioner(VIT, DECODER, vocab_size, max_len=12)
-    payload = {"kind": KIND, "epoch": 1, "config": config_to_dict(cfg), "model": model.state_dict(),
-               **checkpoint_extras(VIT, vocab_size, 12, tokenizer_text, None)}
-    save_checkpoint(root / "run" / "checkpoint1.pt", payload)
+    save_untrained_captioner(root / "run" / "checkpoint1.pt", VIT, DECODER, cfg, tokenizer_text, vocab_size,
+                             max_len=12)
     return root
 
 

@@ -17,16 +17,14 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from tiny_checkpoints import save_untrained_captioner
 
 import process_coco
 from captioner.config import (
     CaptionDecoderConfig,
     CaptionerRunConfig,
     ViTConfig,
-    config_to_dict,
 )
-from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
-from captioner.training.checkpoints import save_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "code_snippets.ipynb"
@@ -207,10 +205,9 @@ def test_example_9_uses_a_checkpoint_when_there_is_one(executed, tmp_path):
     vit = ViTConfig(image_size=32, patch_size=8, width=16, depth=1, heads=2)
     decoder = CaptionDecoderConfig(width=16, depth=1, heads=2, dropout=0.0)
     cfg = CaptionerRunConfig(decoder=decoder)
-    model = build_captioner(vit, decoder, vocab_size, max_len=10)
-    payload = {"kind": KIND, "epoch": 1, "config": config_to_dict(cfg), "model": model.state_dict(),
-               **checkpoint_extras(vit, vocab_size, 10, tokenizer_text, None)}
-    namespace = dict(namespace, CHECKPOINT=save_checkpoint(tmp_path / "checkpoint1.pt", payload))
+    checkpoint = save_untrained_captioner(tmp_path / "checkpoint1.pt", vit, decoder, cfg, tokenizer_text, vocab_size,
+                                          max_len=10)
+    namespace = dict(namespace, CHECKPOINT=checkpoint)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         run_cells(cells, examples(cells)[9], namespace)
