@@ -182,6 +182,7 @@ def serve(captioner: ImageCaptioner, args) -> None:
     try:
         server.serve_forever()
     except KeyboardInterrupt:
+        server.wait_for_replies()  # a reply already on its way still gets its log line
         print("stopped", file=sys.stderr)
     finally:
         server.server_close()

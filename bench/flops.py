@@ -32,7 +32,7 @@ def encoder_flops(vit: ViTConfig, tokens: int | None = None) -> int:
     """Forward FLOPs of :class:`ImageEncoder` on one image: patch embedding of all L patches plus the
     transformer on ``tokens`` tokens (default: all L, as in the captioner)."""
     L = (vit.image_size // vit.patch_size) ** 2
-    patch = 2 * L * (vit.patch_size**2 * 3) * vit.width
+    patch = 2 * L * ((vit.patch_size + 2 * vit.patch_overlap) ** 2 * 3) * vit.width  # the window each token sees
     return patch + transformer_flops(L if tokens is None else tokens, vit.width, vit.depth, vit.mlp_ratio)
 
 

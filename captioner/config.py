@@ -58,6 +58,10 @@ class ViTConfig:
     heads: int = 3
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    # Pixels each patch's embedding also sees on every side of its own patch: 0 is the plain ViT
+    # (each token sees its patch only); > 0 lets a token see the edges its patch shares with its
+    # neighbours (MAE blanks the masked patches first, so nothing hidden leaks; models/vit.py).
+    patch_overlap: int = 0
 
 
 @dataclass

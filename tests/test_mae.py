@@ -38,12 +38,13 @@ from captioner.training.checkpoints import (
 )
 
 VIT = ViTConfig(image_size=16, patch_size=4, width=32, depth=2, heads=4)  # 16 patches
+VIT_OVERLAP = ViTConfig(image_size=16, patch_size=4, width=32, depth=2, heads=4, patch_overlap=2)
 MAE = MAEConfig(mask_ratio=0.75, decoder_width=16, decoder_depth=1, decoder_heads=2)
 
 
-def tiny_mae(seed=0, **mae_overrides):
+def tiny_mae(seed=0, vit=VIT, **mae_overrides):
     torch.manual_seed(seed)
-    return MaskedAutoencoder(VIT, MAEConfig(**{**config_to_dict(MAE), **mae_overrides}))
+    return MaskedAutoencoder(vit, MAEConfig(**{**config_to_dict(MAE), **mae_overrides}))
 
 
 def images(batch=3, seed=1):
@@ -73,6 +74,25 @@ def test_patch_embedding_is_a_linear_map_of_patchify():
     torch.testing.assert_close(embed(x), linear, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="16x16"):
         embed(torch.zeros(1, 3, 8, 8))
+
+
+def test_overlapping_patch_embedding_maps_the_window_around_each_patch():
+    p, o = 4, 2
+    embed = PatchEmbedding(16, p, 32, overlap=o)
+    x = torch.randn(2, 3, 16, 16)
+    padded = torch.zeros(2, 3, 16 + 2 * o, 16 + 2 * o)
+    padded[:, :, o:-o, o:-o] = x  # zeros outside the image
+    expected = torch.empty(2, 16, 32)
+    for i in range(4):
+        for j in range(4):  # token (i, j) sees rows i*p-o .. i*p+p+o of the image, columns likewise
+            window = padded[:, :, i * p : i * p + p + 2 * o, j * p : j * p + p + 2 * o]  # (B, 3, 8, 8)
+            expected[:, i * 4 + j] = torch.einsum("bchw,kchw->bk", window, embed.proj.weight) + embed.proj.bias
+    torch.testing.assert_close(embed(x), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="linear map"):
+        embed.as_linear_weight()
+    for bad in (-1, 5):
+        with pytest.raises(ValueError, match="patch_overlap"):
+            PatchEmbedding(16, p, 32, overlap=bad)
 
 
 # ---- masking ----------------------------------------------------------------------------------
@@ -118,8 +138,9 @@ def test_random_masking_is_without_replacement_and_restorable():
     assert torch.equal(mask, mask2)
 
 
-def test_masked_patches_never_reach_the_encoder():
-    model = tiny_mae().eval()
+@pytest.mark.parametrize("vit", [VIT, VIT_OVERLAP], ids=["plain", "overlapping"])
+def test_masked_patches_never_reach_the_encoder(vit):
+    model = tiny_mae(vit=vit).eval()
     x = images()
     noise = torch.rand(x.shape[0], model.num_patches, generator=torch.Generator().manual_seed(3))
     latent, mask, _ = model.forward_encoder(x, noise=noise)
@@ -318,6 +339,8 @@ def test_flop_formulas_match_torch_flop_counter():
     model = tiny_mae()
     x = images(batch=2)
     assert _counted_flops(model.encoder, x) == flops.encoder_flops(VIT)
+    overlapping = tiny_mae(vit=VIT_OVERLAP)
+    assert _counted_flops(overlapping.encoder, x) == flops.encoder_flops(VIT_OVERLAP)
     assert _counted_flops(model, x) == flops.flops_per_image(VIT, MAE)["total"]
     counts = flops.flops_per_image(VIT, MAE)
     assert counts["encoder"] < flops.encoder_flops(VIT)  # MAE's encoder sees a quarter of the patches

@@ -140,6 +140,16 @@ class MaskedAutoencoder(nn.Module):
         self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """images (B, 3, H, W) -> latent (B, n_keep, C), mask (B, L), ids_restore (B, L)."""
+        if self.encoder.patch_embed.overlap:
+            # An overlapping patch embedding would let a visible token see the edges of its hidden
+            # neighbours: blank the masked patches (0 = the mean colour after normalisation) first.
+            if noise is None:  # drawn exactly as random_masking would draw it
+                draw_device = generator.device if generator is not None else images.device
+                noise = torch.rand(images.shape[0], self.num_patches, generator=generator, device=draw_device)
+                noise = noise.to(images.device)  # (B, L)
+            visible = noise.argsort(dim=1).argsort(dim=1) < self.n_keep  # (B, L): rank among the n_keep smallest
+            per_pixel = visible[..., None].expand(-1, -1, self.patch_size**2 * images.shape[1])  # (B, L, D)
+            images = images * unpatchify(per_pixel.to(images.dtype), self.patch_size, images.shape[1])
         x = self.encoder.embed(images)  # (B, L, C)
         x, mask, ids_restore = random_masking(x, self.mask_ratio, generator, noise)  # (B, n_keep, C)
         return self.encoder.transformer(x), mask, ids_restore

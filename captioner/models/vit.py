@@ -2,7 +2,8 @@
 
 1. :func:`patchify` cuts images into flattened patches (:func:`unpatchify` puts them back);
 2. :class:`PatchEmbedding` maps each patch to a ``width``-dimensional token (a strided convolution
-   is the same linear map on every patch);
+   is the same linear map on every patch), optionally seeing a few pixels of the neighbouring
+   patches too (``patch_overlap``);
 3. :class:`ImageEncoder` is the ViT: patch tokens + fixed 2-D sin-cos position embeddings, then a
    stack of pre-norm transformer layers with a final LayerNorm. MAE pretrains it
    (``captioner/models/mae.py``) and the captioner reuses it unchanged
@@ -57,17 +58,29 @@ class PatchEmbedding(nn.Module):
     the same map as a Linear layer applied to :func:`patchify`'s output: the Linear weight is the
     conv weight (C, 3, p, p) permuted to (C, p, p, 3) and flattened to (C, p*p*3). The convolution is
     used because it skips the explicit reshuffle of pixels.
+
+    **Overlap.** With ``overlap`` = o > 0 the kernel grows to p + 2o while the stride stays p (and
+    the image is zero-padded by o): token (i, j) is still one linear map, now of the
+    (p + 2o) x (p + 2o) window centred on its patch, so it sees o pixels of each neighbour. The grid,
+    the number of tokens and the transformer are unchanged; only this layer grows. Why it helps: a
+    shape drawn across patch borders (a corner here, an edge there) is seen whole by the tokens near
+    it instead of in disjoint pieces that attention must first reassemble. On the shapes data this was
+    the cheapest way found to make the captioner name shapes (docs/results.md).
+    MAE must not let a visible token see a hidden patch's pixels, or reconstructing them becomes
+    copying: it blanks the masked patches before this layer (``MaskedAutoencoder.forward_encoder``).
     """
 
-    def __init__(self, image_size: int, patch_size: int, width: int, channels: int = 3):
+    def __init__(self, image_size: int, patch_size: int, width: int, channels: int = 3, overlap: int = 0):
         super().__init__()
         if image_size % patch_size:
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-        self.image_size, self.patch_size = image_size, patch_size
+        if not 0 <= overlap <= patch_size:
+            raise ValueError(f"model.patch_overlap must be between 0 and the patch size {patch_size}, got {overlap}")
+        self.image_size, self.patch_size, self.overlap = image_size, patch_size, overlap
         self.grid_size = image_size // patch_size
         self.num_patches = self.grid_size**2
-        self.proj = nn.Conv2d(channels, width, kernel_size=patch_size, stride=patch_size)
-        # MAE initialises the patch projection like a Linear layer on the flattened patch.
+        self.proj = nn.Conv2d(channels, width, kernel_size=patch_size + 2 * overlap, stride=patch_size, padding=overlap)
+        # MAE initialises the patch projection like a Linear layer on the flattened patch (window).
         nn.init.xavier_uniform_(self.proj.weight.view(width, -1))
         nn.init.zeros_(self.proj.bias)
 
@@ -78,7 +91,9 @@ class PatchEmbedding(nn.Module):
         return x.flatten(2).transpose(1, 2)  # (B, L, C), patches row-major like patchify
 
     def as_linear_weight(self) -> Tensor:
-        """The equivalent Linear weight (C, p*p*3) acting on :func:`patchify` output."""
+        """The equivalent Linear weight (C, p*p*3) acting on :func:`patchify` output (no overlap only)."""
+        if self.overlap:
+            raise ValueError("an overlapping patch embedding is not a linear map of patchify's patches")
         return self.proj.weight.permute(0, 2, 3, 1).flatten(1)
 
 
@@ -107,7 +122,7 @@ class ImageEncoder(nn.Module):
         if vit.width % 4:
             raise ValueError(f"the ViT width must be divisible by 4 for 2-D sin-cos positions, got {vit.width}")
         self.config = vit
-        self.patch_embed = PatchEmbedding(vit.image_size, vit.patch_size, vit.width)
+        self.patch_embed = PatchEmbedding(vit.image_size, vit.patch_size, vit.width, overlap=vit.patch_overlap)
         self.num_patches = self.patch_embed.num_patches
         grid = self.patch_embed.grid_size
         # Fixed, derived from the config: not a parameter, and not stored in checkpoints.

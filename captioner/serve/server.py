@@ -91,6 +91,8 @@ class CaptionServer(ThreadingHTTPServer):
         self.model_lock = threading.Lock()  # the model runs for one request at a time
         self.log_lock = threading.Lock()  # one whole line at a time
         self.log_stream = log if log is not None else sys.stderr
+        self.replying = 0  # replies being sent and logged; Ctrl-C waits for them (wait_for_replies)
+        self.replies_done = threading.Condition()
         page = PAGE_TEMPLATE.replace("__BEAM__", str(captioner.beam_size)).replace("__MAX_BEAM__", str(self.max_beam))
         self.page = page.replace("__MAX_UPLOAD__", str(max_upload_bytes)).encode("utf-8")
         super().__init__((host, port), CaptionRequestHandler)
@@ -99,6 +101,12 @@ class CaptionServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{host}:{port}/"
+
+    def wait_for_replies(self, timeout: float = 5.0) -> None:
+        """Let replies already being sent finish and log their line (the handler threads are daemons,
+        so without this a Ctrl-C right after a reply could lose its log line)."""
+        with self.replies_done:
+            self.replies_done.wait_for(lambda: self.replying == 0, timeout)
 
     def write_log(self, line: str) -> None:
         with self.log_lock:
@@ -186,6 +194,16 @@ class CaptionRequestHandler(BaseHTTPRequestHandler):
 
     def reply(self, status: int, body: bytes, content_type: str, note: str) -> None:
         """Send the response, then log it in one line: client, request, status, size, time, note."""
+        with self.server.replies_done:
+            self.server.replying += 1
+        try:
+            self.send_and_log(status, body, content_type, note)
+        finally:
+            with self.server.replies_done:
+                self.server.replying -= 1
+                self.server.replies_done.notify_all()
+
+    def send_and_log(self, status: int, body: bytes, content_type: str, note: str) -> None:
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
