@@ -116,6 +116,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                             cfg.contrastive.init_temperature)
     if resume is None and args.pretrained:
         raw_model.image_encoder.load_state_dict(mae_encoder.state_dict())
+    # the temperature belongs to InfoNCE; with the cosine loss it is left out of the gradients (and of DDP's)
+    raw_model.logit_scale.requires_grad_(cfg.contrastive.loss == "info_nce")
     raw_model.to(device)  # raw_model is what the checkpoint stores; model is what runs
     model = wrap_ddp(raw_model, dist_info)  # [distributed] DDP averages the gradients
     extras = {"vit": config_to_dict(vit), "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer_text,

@@ -197,3 +197,12 @@ def test_pretrained_image_tower_comes_from_the_mae_checkpoint(workdir):
 def test_bad_loss_name_is_a_clear_error(workdir):
     with pytest.raises(ValueError, match="contrastive.loss"):
         run(workdir, "bad", "--set", "contrastive.loss=triplet")
+
+
+@pytest.mark.parametrize("name", ["shapes_retrieval.yaml", "coco_retrieval.yaml"])
+def test_the_presets_load(name):
+    from pathlib import Path
+
+    from captioner.config import RetrievalRunConfig, load_config
+    cfg = load_config(RetrievalRunConfig, Path(train_retrieval.__file__).parent / "configs" / name)
+    assert cfg.contrastive.loss == "info_nce" and cfg.eval.splits == ["val"]
