@@ -60,6 +60,19 @@ def test_sampled_negatives_are_other_rows():
         assert (j != torch.arange(4)).all() and ((j >= 0) & (j < 4)).all()
 
 
+# ---- the dual encoder ------------------------------------------------------------------------------------
+
+def test_padding_changes_no_caption_embedding():
+    from captioner.config import TextEncoderConfig
+    from captioner.models.dual_encoder import DualEncoder
+    torch.manual_seed(0)
+    model = DualEncoder(VIT, TextEncoderConfig(width=16, depth=2, heads=2), vocab_size=30, max_len=12, embed_dim=8)
+    tokens = torch.tensor([[1, 7, 8, 9, 2]])  # <sos> 7 8 9 <eos>
+    padded = torch.tensor([[1, 7, 8, 9, 2, 0, 0, 0]])
+    a, b = model.encode_texts(tokens), model.encode_texts(padded)
+    assert torch.allclose(a, b, atol=1e-6) and torch.allclose(a.norm(dim=-1), torch.ones(1))
+
+
 # ---- LAMB ---------------------------------------------------------------------------------------------
 
 def test_lamb_first_step_equals_a_hand_computation():
