@@ -56,12 +56,24 @@ from captioner.infra.fileio import write_json
 from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.dual_encoder import KIND, DualEncoder
 from captioner.text.tokenizers import load_tokenizer
-from captioner.training.checkpoints import CheckpointError, checkpoint_path, load_checkpoint, resume_from, \
-    save_checkpoint, training_state
+from captioner.training.checkpoints import (
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    resume_from,
+    save_checkpoint,
+    training_state,
+)
 from captioner.training.contrastive import info_nce_loss, pairwise_cosine_loss
 from captioner.training.devices import autocast, make_grad_scaler, setup_device
-from captioner.training.distributed import all_reduce_mean, barrier, cleanup, init_distributed, rng_states_by_rank, \
-    wrap_ddp
+from captioner.training.distributed import (
+    all_reduce_mean,
+    barrier,
+    cleanup,
+    init_distributed,
+    rng_states_by_rank,
+    wrap_ddp,
+)
 from captioner.training.log import JsonlLogger, LossMeter
 from captioner.training.optimizer import make_optimizer, param_groups
 from captioner.training.schedule import lr_at_step
@@ -98,15 +110,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
-    tokenizer_text = tokenizer_path.read_text(encoding="utf-8") if tokenizer_path.is_file() else None
     tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer_text = tokenizer_path.read_text(encoding="utf-8")
     if resume is not None and resume.get("tokenizer") != tokenizer_text:
         raise CheckpointError(f"{args.checkpoint}: the run was trained with another tokenizer than {tokenizer_path}; "
                               "resume it with the processed data it was started with")
 
     # ---- 2. model: the image tower from -p, from -c, or random with the encoder YAML's architecture --
     if resume is not None:
-        vit, pretrained = config_from_dict(ViTConfig, resume["vit"], f"{args.checkpoint} (vit)"), resume["pretrained"]
+        if not isinstance(resume.get("vit"), dict):
+            raise CheckpointError(f"{args.checkpoint}: the retrieval checkpoint lacks its 'vit' architecture")
+        vit, pretrained = config_from_dict(ViTConfig, resume["vit"], f"{args.checkpoint} (vit)"), resume.get("pretrained")
     elif args.pretrained:
         mae_encoder = encoder_from_mae_checkpoint(load_checkpoint(args.pretrained), args.pretrained)
         vit, pretrained = mae_encoder.config, str(args.pretrained)
