@@ -4,11 +4,12 @@
     python process_coco.py --tokenizer wordpiece            # the same with a WordPiece tokenizer
     python process_coco.py --source coco                    # MS COCO 2017, downloaded into data/coco/raw
     python process_coco.py --source coco --coco-dir /datasets/coco2017   # a copy you already have
+    python process_coco.py --source wit --wit-files shard1.json.gz shard2.json.gz   # WIT shards (retrieval)
 
 The script runs in four numbered sections (see :func:`process`):
 
-1. Get images and captions: generate the shapes dataset, download COCO, or use ``--coco-dir``; then
-   read and validate every annotation file.
+1. Get images and captions: generate the shapes dataset, download COCO, use ``--coco-dir``, or unpack
+   WIT shards into the COCO layout (``captioner/data/wit.py``); then read and validate every annotation file.
 2. Train the tokenizer on the *training* captions only.
 3. For each split: pre-resize every image once into a uint8 cache at ``--image-size``, tokenize
    every caption and write the split's record.
@@ -58,6 +59,7 @@ from captioner.data.processed import (
     write_split_json,
 )
 from captioner.data.shapes import generate_shapes_dataset
+from captioner.data.wit import wit_to_coco_layout
 from captioner.infra.download import COCO_FILES, DownloadError, fetch_coco
 from captioner.infra.stamps import (
     file_stats,
@@ -69,7 +71,7 @@ from captioner.infra.stamps import (
 from captioner.text.tokenizers import VERSION as TOKENIZER_VERSION
 from captioner.text.tokenizers import load_tokenizer, train_tokenizer
 
-DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256}
+DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256, "wit": 256}
 MAX_LISTED_PER_REASON = 10  # skipped items printed per reason; meta.json lists them all
 
 
@@ -78,11 +80,17 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Step 1: get images and captions, train the tokenizer, tokenize every caption and "
                     "pre-resize every image into a uint8 cache under <data-dir>/processed/. A rerun "
                     "redoes only what is missing or was made with other options.")
-    parser.add_argument("--source", choices=("shapes", "coco"), default=None,
+    parser.add_argument("--source", choices=("shapes", "coco", "wit"), default=None,
                         help="shapes (the default): generate the synthetic dataset, offline; coco: MS COCO 2017 "
-                             "(the default when --coco-dir or --base-url is given)")
+                             "(the default when --coco-dir or --base-url is given); wit: the WIT shards of "
+                             "--wit-files (the default when it is given)")
     parser.add_argument("--data-dir", default=None,
-                        help="where raw/ and processed/ go (default: data/shapes or data/coco)")
+                        help="where raw/ and processed/ go (default: data/shapes, data/coco or data/wit)")
+    parser.add_argument("--wit-files", nargs="+", default=None, metavar="SHARD",
+                        help="WIT training shards (gzipped JSON lines with image_url, b64_bytes and wit_features); "
+                             "unpacked into <data-dir>/raw in the COCO layout, every --wit-val-every-th image in val")
+    parser.add_argument("--wit-val-every", type=int, default=10,
+                        help="wit: every N-th good line goes to the validation split (default: %(default)s)")
     parser.add_argument("--coco-dir", default=None,
                         help="use an existing COCO 2017 copy (train2017/, val2017/, annotations/, ...) "
                              "instead of downloading it into <data-dir>/raw")
@@ -105,6 +113,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
     coco_only = [flag for flag, value in (("--coco-dir", args.coco_dir), ("--base-url", args.base_url)) if value]
+    if args.wit_files and args.source in (None, "wit") and not coco_only:
+        args.source = "wit"
+    elif args.wit_files or args.source == "wit":
+        parser.error("--source wit needs --wit-files (and no --coco-dir or --base-url); --wit-files needs --source wit")
     if args.source is None:
         args.source = "coco" if coco_only else "shapes"
     elif args.source == "shapes" and coco_only:
@@ -147,6 +159,14 @@ def process(args: argparse.Namespace) -> dict:
             generate_shapes_dataset(coco_dir, **sizes, image_size=image_size, seed=args.seed, progress=b.update)
         print(f"1. shapes dataset (seed {args.seed}, {image_size} px) in {coco_dir} "
               f"[{time.perf_counter() - start:.1f} s]")
+    elif args.source == "wit":
+        coco_dir = data_dir / "raw"
+        start = time.perf_counter()
+        wit_skips = SkipLog()
+        counts = wit_to_coco_layout(args.wit_files, coco_dir, wit_skips, args.wit_val_every)
+        print(f"1. WIT: {counts['train']} training and {counts['val']} validation images from "
+              f"{len(args.wit_files)} shards in {coco_dir}, {len(wit_skips.items)} lines skipped "
+              f"[{time.perf_counter() - start:.1f} s]")
     elif args.coco_dir:
         coco_dir = Path(args.coco_dir)
         print(f"1. using the COCO copy in {coco_dir}")
@@ -161,7 +181,7 @@ def process(args: argparse.Namespace) -> dict:
     if args.source == "shapes" and args.n_unlabeled == 0:
         # raw/ may still hold the unlabeled split of an earlier run made with --n-unlabeled.
         specs = [spec for spec in specs if spec.name != "unlabeled"]
-    skips = SkipLog()
+    skips = wit_skips if args.source == "wit" else SkipLog()
     splits = [parse_split(coco_dir, spec, skips) for spec in specs]
     for split in splits:
         n_captions = sum(len(c) for c in split.captions)

@@ -154,6 +154,48 @@ class CaptionerRunConfig:
     label_smoothing: float = 0.1
 
 
+@dataclass
+class TextEncoderConfig:
+    """The retrieval model's text tower: a bidirectional transformer encoder over caption tokens."""
+
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+
+
+@dataclass
+class ContrastiveConfig:
+    """How the dual encoder is trained: the loss, its settings, and the optimiser."""
+
+    loss: Literal["info_nce", "cosine"] = "info_nce"  # CLIP's in-batch InfoNCE, or the seed's +-1 cosine loss
+    embed_dim: int = 64  # the shared embedding space
+    init_temperature: float = 0.07  # InfoNCE: the learned temperature's start (CLIP's)
+    margin: float = 0.0  # cosine loss: a negative pair costs max(0, cos - margin)
+    optimizer: Literal["adamw", "lamb"] = "adamw"
+
+
+@dataclass
+class RetrievalEvalConfig:
+    splits: list[str] = field(default_factory=lambda: ["val"])  # Recall@K after training on these (need captions)
+    picture_images: int = 8  # images in retrieval.png, each with its top retrieved captions
+    top_k: int = 3  # captions shown per image
+
+
+@dataclass
+class RetrievalRunConfig:
+    """Configuration of ``train_retrieval.py``."""
+
+    run_dir: str = "runs/shapes_retrieval"
+    encoder_config: str = "configs/shapes_encoder.yaml"  # image tower's architecture without -p
+    data: DataConfig = field(default_factory=DataConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading, overriding, converting
 # --------------------------------------------------------------------------------------------------

@@ -232,3 +232,35 @@ def attention_figure(images: Tensor, words: Sequence[Sequence[str]], maps: Seque
                  for i in range(0, len(panels), per_row)]
         blocks.append(stack_vertically(lines))
     return stack_vertically(blocks, gap=12)
+
+
+def retrieval_figure(images: Tensor, ranked: Sequence[Sequence[str]], true: Sequence[Sequence[bool]], scale: int = 1,
+                     pad: int = 6, width: int = 360, background: int = 255) -> Image.Image:
+    """One row per image: the image, then its retrieved captions best first, a true one in green with "*".
+
+    images (B, 3, H, W) uint8; ranked: B lists of k captions; true: B lists of k flags, whether each
+    caption belongs to the image. ``width``: pixels for the text column.
+    """
+    B, _, H, W = images.shape
+    if images.dtype != torch.uint8 or len(ranked) != B or len(true) != B:
+        raise ValueError("retrieval_figure needs uint8 images and one list of captions and flags per image")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = measure.textbbox((0, 0), "Ag")[3] + 2
+    rows = []  # per image: [(line, colour)]
+    for captions, flags in zip(ranked, true):
+        lines = []
+        for rank, (caption, ok) in enumerate(zip(captions, flags), start=1):
+            colour = VERDICT_MARKS[True][0] if ok else (0, 0, 0)
+            lines += [(line, colour) for line in wrap_text(f"{rank}.{'*' if ok else ' '} {caption}", width, measure)]
+        rows.append(lines)
+    h, w = H * scale, W * scale
+    row_h = [max(h, line_h * len(lines)) for lines in rows]
+    canvas = Image.new("RGB", (pad * 3 + w + width, pad + sum(r + pad for r in row_h)), (background,) * 3)
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for i, lines in enumerate(rows):
+        canvas.paste(_tile(images[i], scale), (pad, y))
+        for k, (line, colour) in enumerate(lines):
+            draw.text((pad * 2 + w, y + k * line_h), line, fill=colour)
+        y += row_h[i] + pad
+    return canvas

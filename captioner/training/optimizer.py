@@ -1,4 +1,5 @@
-"""AdamW and its parameter groups: no weight decay on biases, norms and learned tokens.
+"""The optimiser (AdamW, or LAMB from ``captioner/training/lamb.py``) and its parameter groups: no
+weight decay on biases, norms and learned tokens.
 """
 
 from __future__ import annotations
@@ -7,6 +8,8 @@ from typing import Iterable
 
 import torch
 from torch import nn
+
+from captioner.training.lamb import Lamb
 
 
 def is_no_decay(name: str, param: nn.Parameter) -> bool:
@@ -34,7 +37,13 @@ def param_groups(
     return [g for g in groups if g["params"]]
 
 
-def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device):
-    """AdamW over ``groups``; the fused CUDA kernel when on a GPU."""
+def make_optimizer(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device,
+                   kind: str = "adamw"):
+    """AdamW over ``groups`` (the fused CUDA kernel when on a GPU), or with ``kind="lamb"`` LAMB, whose
+    trust ratio skips the groups without weight decay (biases and norms; see lamb.py)."""
+    if kind == "lamb":
+        return Lamb([{**g, "adapt": g["weight_decay"] > 0} for g in groups], lr=lr, betas=betas)
+    if kind != "adamw":
+        raise ValueError(f"unknown optimizer {kind!r}: expected adamw or lamb")
     fused = device.type == "cuda"
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
