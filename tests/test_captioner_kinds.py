@@ -1,14 +1,19 @@
 """train_captioner.py and evaluate.py for every encoder and decoder kind: train, resume exactly, evaluate."""
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
+import caption
 import evaluate
 import process_coco
 import train_captioner
 from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ConfigError, ViTConfig
+from captioner.evaluation.own_images import ImageCaptioner
 from captioner.models.captioner import load_captioner
+from captioner.serve.server import caption_json
 from captioner.text.tokenizers import load_tokenizer
 from captioner.training.checkpoints import load_checkpoint, save_checkpoint
 from tiny_checkpoints import save_untrained_captioner
@@ -73,6 +78,19 @@ def test_every_kind_trains_resumes_exactly_and_evaluates(workdir, encoder_kind, 
     summary = evaluate.main(["-c", str(workdir / name / "checkpoint2.pt"), "--limit", "2", "--no-progress"])
     assert summary["n_images"] == 2
     assert (summary["files"]["attention"] is None) == (decoder_kind == "lstm")
+
+    # the web page's answer: heat maps per word when the decoder attends, none for Show and Tell
+    captioner = ImageCaptioner.from_checkpoint(workdir / name / "checkpoint2.pt", torch.device("cpu"), "fp32",
+                                               beam_size=2, max_len=8)
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    answer = caption_json(captioner.caption([image], top=2, attention=True)[0], 2, 0.6)
+    has_words = any(beam["words"] for beam in answer["beams"])
+    assert has_words == (decoder_kind != "lstm")
+    if decoder_kind == "lstm":  # caption.py --attention says why it cannot draw
+        Image.fromarray(image).save(workdir / "black.png")
+        with pytest.raises(ValueError, match="does not attend"):
+            caption.main(["-c", str(workdir / name / "checkpoint2.pt"), str(workdir / "black.png"),
+                          "--attention", str(workdir / "maps"), "--no-progress"])
 
 
 def test_pre_resnet_checkpoints_still_load(workdir, tmp_path):
