@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     checkpoint = latest_checkpoint(args.checkpoint) if Path(args.checkpoint).is_dir() else Path(args.checkpoint)
     captioner = ImageCaptioner.from_checkpoint(checkpoint, resolve_device(args.device), args.precision, args.beam,
                                                args.alpha, args.max_len, args.cache_size)
+    if args.attention and not captioner.model.decoder.attends:
+        raise ValueError(f"--attention: the decoder of {checkpoint} (Show and Tell) does not attend over the image; "
+                         "there are no attention maps to draw")
     if args.beam is None and args.top > captioner.beam_size:
         captioner.beam_size = args.top  # --top K alone: search with K beams to have K hypotheses
     if args.serve:

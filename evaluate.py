@@ -26,7 +26,8 @@ Written to ``--out-dir`` (default: ``eval_<checkpoint name>_<split>`` beside the
 - ``samples.png``: sample images with the generated caption and one reference; on shapes each
   caption is marked true (green) or false (red), gray where the truth parser could not read it;
 - ``attention.png``: for a few images, the decoder's cross-attention over the image patches while
-  it generated each word (last layer, heads averaged).
+  it generated each word (last layer, heads averaged; the attention LSTM has one "head"). Not written for
+  the Show-and-Tell LSTM, which does not attend.
 """
 
 from __future__ import annotations
@@ -242,17 +243,21 @@ def main(argv: list[str] | None = None) -> dict:
                               [references[i][0] if references[i] else None for i in image_ids],
                               scale=picture_scale(images.shape[-1]), verdicts=verdicts)
     samples_path = save_png(samples, out_dir / "samples.png")
-    attention = draw_attention(model, tokenizer, images[:N_ATTENTION], transform, device, precision, beam, alpha,
-                               max_len)
-    attention_path = save_png(attention, out_dir / "attention.png")
-    print(f"pictures: {samples_path}, {attention_path}")
+    attention_path = None
+    if model.decoder.attends:
+        attention = draw_attention(model, tokenizer, images[:N_ATTENTION], transform, device, precision, beam,
+                                   alpha, max_len)
+        attention_path = save_png(attention, out_dir / "attention.png")
+    else:
+        print("no attention.png: this decoder (Show and Tell) does not attend over the image")
+    print(f"pictures: {samples_path}" + (f", {attention_path}" if attention_path else ""))
 
     summary = {
         "checkpoint": str(checkpoint), "split": args.split, "processed_dir": str(processed_dir),
         "n_images": len(captions), "beam_size": beam, "alpha": alpha, "max_len": max_len,
         "device": str(device), "precision": precision, "caption_seconds": round(seconds, 3),
         "model": model_scores, "blind_baseline": blind, "truth": truth,
-        "files": {"captions": str(results_path), "samples": str(samples_path), "attention": str(attention_path)},
+        "files": {"captions": str(results_path), "samples": str(samples_path), "attention": str(attention_path) if attention_path else None},
     }
     write_json(scores_path, summary)
     print(f"scores -> {scores_path}")

@@ -1,17 +1,23 @@
-"""Step 3: put a transformer caption decoder on the ViT and train it on image + caption pairs.
+"""Step 3: put a caption decoder on an image encoder and train it on image + caption pairs.
 
     python train_captioner.py -p runs/shapes_encoder                   # from the MAE encoder (shapes, CPU)
     python train_captioner.py                                          # the same model from scratch
     python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt  # continue exactly where it stopped
     python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder
 
-Where the encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
+The encoder is a ViT (``encoder_kind: vit``, the default) or a handwritten ResNet (``resnet``), the
+decoder a transformer (``decoder_kind: transformer``, the default), a Show-and-Tell LSTM (``lstm``) or a
+Show-Attend-Tell LSTM (``attention-lstm``); see ``configs/ladder_*.yaml``.
+
+Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
 without it, the architecture is read from the ``model`` section of the encoder YAML named by the
 config's ``encoder_config`` and the weights start random; with ``-c`` everything comes from the
-captioner checkpoint (which stores the architecture and the tokenizer).
+captioner checkpoint (which stores the architecture and the tokenizer). A ResNet's architecture is the
+config's ``resnet`` section; it always starts random (no pretrained ResNet exists here).
 
 Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
-cross-entropy with label smoothing over the non-pad targets, each image of a batch encoded once and
+cross-entropy with label smoothing over the non-pad targets (plus, when configured, the end-of-sentence
+suppression term ``eos_suppression`` and the attention LSTM's doubly stochastic term ``lstm.attention_reg``), each image of a batch encoded once and
 shared by all its captions. A pretrained encoder is unfrozen layer by layer from the top down
 (``captioner/training/unfreeze.py``); a from-scratch encoder trains fully from the first step.
 
@@ -47,7 +53,7 @@ import torch
 from tqdm import tqdm
 
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
-from captioner.config import CaptionerRunConfig, EncoderRunConfig, config_to_dict, load_config
+from captioner.config import CaptionerRunConfig, ConfigError, EncoderRunConfig, config_to_dict, load_config
 from captioner.data.loaders import caption_loader, image_captions_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.captioning import caption_images, reference_captions
@@ -56,13 +62,15 @@ from captioner.evaluation.metrics import evaluate_captions
 from captioner.infra.compile import maybe_compile
 from captioner.models.captioner import (
     KIND,
-    build_captioner,
     caption_loss,
+    captioner_for_config,
     captioner_from_payload,
     checkpoint_extras,
     encoder_from_mae_checkpoint,
+    eos_suppression_loss,
 )
-from captioner.text.tokenizers import load_tokenizer
+from captioner.models.lstm_decoders import doubly_stochastic_penalty
+from captioner.text.tokenizers import PAD_ID, load_tokenizer
 from captioner.training.checkpoints import (
     CheckpointError,
     checkpoint_path,
@@ -98,7 +106,8 @@ N_SAMPLES = 3  # sample captions printed after each epoch
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Train the image captioner (ViT encoder + transformer caption decoder). Writes "
+        description="Train the image captioner: the config's encoder_kind (vit, resnet) + decoder_kind (transformer, "
+                    "lstm, attention-lstm). Writes "
                     "checkpoint{N}.pt, checkpoint_best.pt (best BLEU-4) and log.jsonl to the config's run_dir.",
         epilog="examples: python train_captioner.py -p runs/shapes_encoder | "
                "python train_captioner.py --set train.epochs=2 | "
@@ -110,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the latest one): the encoder's "
                              "architecture and weights come from it, and it is unfrozen layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
-                             "of the config's encoder_config YAML, and trains from the first step")
+                             "of the config's encoder_config YAML, and trains from the first step. "
+                             "ViT encoders only (encoder_kind: vit)")
     return parser
 
 
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if cfg.data.on_device:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")
+    if args.pretrained and cfg.encoder_kind != "vit":
+        raise ConfigError(f"encoder_kind: -p starts from an MAE (ViT) encoder, but the config asks for "
+                          f"{cfg.encoder_kind!r}; drop -p or set encoder_kind=vit")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
@@ -141,26 +154,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise CheckpointError(f"{args.checkpoint}: the run was trained with another tokenizer than {tokenizer_path}; "
                               "resume it with the processed data it was started with")
 
-    # ---- 2. model: the encoder from -p, from -c, or random with the encoder YAML's architecture -----
+    # ---- 2. model: the encoder from -p, from -c, or random (the encoder YAML's ViT, or the resnet section) ----
     max_len = max(cfg.data.max_caption_len, cfg.eval.max_len)  # positions fed in training and in decoding
     if resume is not None:
-        raw_model = captioner_from_payload(resume, args.checkpoint, cfg.decoder, max_len)
+        raw_model = captioner_from_payload(resume, args.checkpoint, cfg, max_len)
         pretrained = resume.get("pretrained")
     elif args.pretrained:
         encoder = encoder_from_mae_checkpoint(load_checkpoint(args.pretrained), args.pretrained)
-        raw_model = build_captioner(encoder.config, cfg.decoder, tokenizer.vocab_size, max_len)
+        raw_model = captioner_for_config(cfg, encoder.config, tokenizer.vocab_size, max_len)
         raw_model.encoder.load_state_dict(encoder.state_dict())
         pretrained = str(args.pretrained)
     else:
-        vit = load_config(EncoderRunConfig, cfg.encoder_config).model
-        raw_model = build_captioner(vit, cfg.decoder, tokenizer.vocab_size, max_len)
+        encoder_config = cfg.resnet if cfg.encoder_kind == "resnet" else load_config(EncoderRunConfig,
+                                                                                      cfg.encoder_config).model
+        raw_model = captioner_for_config(cfg, encoder_config, tokenizer.vocab_size, max_len)
         pretrained = None
-    vit = raw_model.encoder.config
-    extras = checkpoint_extras(vit, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text, pretrained)
+    encoder_config = raw_model.encoder.config
+    extras = checkpoint_extras(encoder_config, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text,
+                               pretrained)
     raw_model.to(device)  # raw_model is what the checkpoint stores; model (below) is what runs
+    depth = len(raw_model.encoder.layer_groups())  # unfreezing groups above the stem: ViT layers or ResNet stages
     # One graph per freeze state: all frozen, then one more of the depth + 1 encoder groups each epoch.
-    compiled = maybe_compile(raw_model, cfg.train.compile, graph_variants=vit.depth + 2,
+    compiled = maybe_compile(raw_model, cfg.train.compile, graph_variants=depth + 2,
                              mode=cfg.train.compile_mode)
+    # Show, Attend and Tell's doubly stochastic regulariser needs the attention weights of every step
+    attention_reg = cfg.lstm.attention_reg if cfg.decoder_kind == "attention-lstm" else 0.0
 
     # ---- 3. data --------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
@@ -178,7 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
                          f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
-    transform = EvalTransform(vit.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
+    transform = EvalTransform(encoder_config.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
 
     # ---- 4. optimiser, gradient scaler, resume ----------------------------------------------------
     # Every unfreeze group is in the optimiser from the start, named, so its learning-rate multiplier
@@ -210,7 +228,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         start = time.perf_counter()
         # Layer-wise unfreezing: which encoder groups train this epoch, and at what fraction of the
         # learning rate (a pure function of the epoch). From scratch, everything trains at full rate.
-        depth = vit.depth
         if pretrained:
             states = unfreeze_schedule(depth, epoch, cfg.unfreeze.start_epoch, cfg.unfreeze.decay)
         else:
@@ -228,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
 
             # 5a. the learning rate of this step: warm-up, cosine decay, times each group's unfreeze multiplier
-            lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps)
+            lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps, cfg.train.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr * states[group["name"]].lr_scale
 
@@ -236,8 +253,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
             # shifted right and predicts it shifted left
             with autocast(device, precision):
                 x = transform(images)  # (U, 3, H, W) float, normalised
-                logits = model(x, tokens[:, :-1], src_index=image_index)  # (B, T-1, V)
+                out = model(x, tokens[:, :-1], src_index=image_index, return_cross_attention=attention_reg > 0)
+                logits, maps = out if attention_reg > 0 else (out, None)  # (B, T-1, V), [(B, 1, T-1, S)]
                 loss = caption_loss(logits, tokens[:, 1:], cfg.label_smoothing)
+                if cfg.eos_suppression > 0:  # penalise probability on <eos> before the caption's true end
+                    loss = loss + cfg.eos_suppression * eos_suppression_loss(logits, tokens[:, 1:])
+                if attention_reg > 0:  # every grid cell should get about one unit of attention per caption
+                    loss = loss + attention_reg * doubly_stochastic_penalty(maps[-1][:, 0], tokens[:, 1:] != PAD_ID)
 
             # 5c. backward through the scaler, clip, optimiser step
             scaler.scale(loss).backward()

@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             images = batch["images"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
 
             # 4a. the learning rate of this step: warm-up, then cosine decay
-            lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps)
+            lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps, cfg.train.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 

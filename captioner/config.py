@@ -65,6 +65,19 @@ class ViTConfig:
 
 
 @dataclass
+class ResNetConfig:
+    """A handwritten ResNet encoder (``captioner/models/resnet.py``); its architecture lives in the captioner config."""
+
+    image_size: int = 64  # network input resolution (square)
+    block: Literal["basic", "bottleneck"] = "basic"  # basic: two 3x3 convs; bottleneck: 1x1, 3x3, 1x1 (x4 wider out)
+    stem_width: int = 32  # channels of the stem's strided convolution
+    stem_kernel: int = 3  # 7 in ResNet-50/101 (with stem_pool); 3 for small images
+    stem_pool: bool = False  # 3x3 max pool of stride 2 after the stem conv (ResNet-50/101: true)
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # inner width of each stage's blocks
+    blocks: list[int] = field(default_factory=lambda: [1, 1, 1])  # blocks per stage; stages after the first halve H, W
+
+
+@dataclass
 class MAEConfig:
     """The masked-autoencoder objective and its light decoder."""
 
@@ -98,6 +111,8 @@ class TrainConfig:
     compile_mode: Literal[COMPILE_MODES] = "default"
     seed: int = 0
     log_every: int = 20  # steps between log lines (and host syncs)
+    # cosine: linear warm-up then cosine decay to min_lr; inverse-sqrt: linear warm-up then lr * sqrt(warmup / step)
+    schedule: Literal["cosine", "inverse-sqrt"] = "cosine"
 
 
 @dataclass
@@ -124,6 +139,21 @@ class CaptionDecoderConfig:
 
 
 @dataclass
+class LSTMDecoderConfig:
+    """The LSTM caption decoders (``decoder_kind`` lstm or attention-lstm, ``captioner/models/lstm_decoders.py``)."""
+
+    embed_dim: int = 128  # token embedding
+    hidden: int = 256  # the LSTM's hidden and cell state
+    attention_dim: int = 128  # attention-lstm: width of the additive attention's hidden layer
+    dropout: float = 0.0  # before the output layer
+    image_input: Literal["state", "first_input"] = "state"  # lstm: the pooled image sets (h0, c0), or is step 0's input
+    # attention-lstm: lambda of the doubly stochastic term lambda * sum_cells (1 - sum_t alpha_t)^2. The sum runs over
+    # all S cells, and a caption of T < S steps cannot give each cell a full unit: the term's floor is S * (1 - T/S)^2,
+    # about 38 for shapes (64 cells, ~15 steps). 0.02 (about 1/S) keeps it beside the cross-entropy, not above it.
+    attention_reg: float = 0.02
+
+
+@dataclass
 class UnfreezeConfig:
     """Layer-wise unfreezing of the pretrained encoder, from the top layer down."""
 
@@ -145,13 +175,18 @@ class CaptionerRunConfig:
     """Configuration of ``train_captioner.py``."""
 
     run_dir: str = "runs/shapes_captioner"
-    encoder_config: str = "configs/shapes_encoder.yaml"  # architecture source when training from scratch (no -p)
+    encoder_kind: Literal["vit", "resnet"] = "vit"  # resnet: architecture from the resnet section, always from scratch
+    decoder_kind: Literal["transformer", "lstm", "attention-lstm"] = "transformer"
+    encoder_config: str = "configs/shapes_encoder.yaml"  # vit: architecture source when training from scratch (no -p)
     data: DataConfig = field(default_factory=DataConfig)
-    decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)
+    resnet: ResNetConfig = field(default_factory=ResNetConfig)  # encoder_kind resnet only
+    decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)  # decoder_kind transformer only
+    lstm: LSTMDecoderConfig = field(default_factory=LSTMDecoderConfig)  # decoder_kind lstm / attention-lstm only
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     label_smoothing: float = 0.1
+    eos_suppression: float = 0.0  # weight of the mean probability put on <eos> before a caption's true end (0: off)
 
 
 @dataclass

@@ -69,6 +69,11 @@ TINY_ENCODER = [  # a 32 px ViT with 16 patches; 16 training images, 4 per proce
     "mae.decoder_width=8", "mae.decoder_depth=1", "mae.decoder_heads=2", "data.batch_size=4",
     "train.log_every=1", "n_reconstructions=2",
 ]
+TINY_CNN_LSTM = [  # the ladder's ResNet + Show-Attend-Tell row, shrunk: batch norm and the attention term under DDP
+    "data.batch_size=20", "resnet.image_size=32", "resnet.stem_width=8", "resnet.widths=[8, 16]",
+    "resnet.blocks=[1, 1]", "lstm.embed_dim=8", "lstm.hidden=16", "lstm.attention_dim=8", "train.log_every=1",
+    "eval.bleu_images=2", "eval.beam_size=2", "eval.max_len=6",
+]
 TINY_CAPTIONER = [  # 20 captions = 4 images and their 5 captions per process and step: 2 steps per epoch
     "data.batch_size=20", "decoder.width=16", "decoder.depth=1", "decoder.heads=2", "decoder.dropout=0.1",
     "unfreeze.start_epoch=1", "train.log_every=1", "eval.bleu_images=2", "eval.beam_size=2", "eval.max_len=6",
@@ -239,6 +244,13 @@ def _worker(rank: int, ports: list[int], workdir: Path) -> None:
         seen["captioner_history"] = train_captioner.main(
             script_args("shapes_captioner.yaml", workdir, *TINY_CAPTIONER, f"run_dir={workdir / 'captioner'}",
                         "train.epochs=2") + ["-p", str(workdir / "encoder" / "checkpoint1.pt")])
+        # a ResNet + attention LSTM from scratch: its weights must stay identical on both processes too
+        os.environ["MASTER_PORT"] = str(ports[3])
+        captioner_weights, seen["captioner_weights"] = seen["captioner_weights"], []  # the recorder's list
+        seen["cnn_lstm_history"] = train_captioner.main(
+            script_args("ladder_resnet_attention_lstm.yaml", workdir, *TINY_CNN_LSTM, f"run_dir={workdir / 'cnn_lstm'}",
+                        "train.epochs=1"))
+        seen["cnn_lstm_weights"], seen["captioner_weights"] = seen["captioner_weights"], captioner_weights
     finally:
         train_captioner.training_state = real_training_state
     torch.save(seen, workdir / f"seen{rank}.pt")
@@ -353,7 +365,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_processes(workdir):
     """What ranks 0 and 1 saw (see ``_worker``); a worker's exception is raised here with its traceback."""
-    workers = mp.start_processes(_worker, args=(free_ports(3), workdir), nprocs=WORLD, join=False,
+    workers = mp.start_processes(_worker, args=(free_ports(4), workdir), nprocs=WORLD, join=False,
                                  start_method="spawn")
     deadline = time.monotonic() + TIMEOUT_S
     while not workers.join(timeout=1):
@@ -540,3 +552,11 @@ def test_train_captioner_under_two_processes_unfreezes_and_resumes_in_one(two_pr
     resumed = load_checkpoint(run_dir / "checkpoint3.pt", kind="captioner")["model"]
     reference = load_checkpoint(reference_dir / "checkpoint3.pt", kind="captioner")["model"]
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_a_resnet_attention_lstm_trains_identically_on_both_processes(two_processes):
+    (weights0,), (weights1,) = (seen["cnn_lstm_weights"] for seen in two_processes)
+    assert any(k.startswith("encoder.stages.") for k in weights0) and "decoder.cell.weight_ih" in weights0
+    assert [k for k in weights0 if not torch.equal(weights0[k], weights1[k])] == []
+    histories = [seen["cnn_lstm_history"] for seen in two_processes]
+    assert [h["train_loss"] for h in histories[0]] == [h["train_loss"] for h in histories[1]]

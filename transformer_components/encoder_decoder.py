@@ -24,7 +24,8 @@ class TransformerEncoderDecoder(nn.Module):
         """src -> memory (B, S, C)."""
         return self.encoder(src)
 
-    def forward(self, src, tokens: Tensor, src_index: Tensor | None = None) -> Tensor:
+    def forward(self, src, tokens: Tensor, src_index: Tensor | None = None,
+                return_cross_attention: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Teacher-forced logits (N, T, V) for tokens (N, T), right-padded.
 
         src_index (N,) long: row n of `tokens` belongs to source src_index[n], so a batch of U
@@ -33,11 +34,13 @@ class TransformerEncoderDecoder(nn.Module):
         src_index = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1].
         The decoder's cross-attention also projects each source's keys/values once and shares
         them (memory_index), rather than once per caption.
+        With return_cross_attention the decoder's attention weights come too: ``(logits, maps)``.
         """
         memory = self.encode(src)  # (B, S, C)
+        extra = {"return_cross_attention": True} if return_cross_attention else {}
         if src_index is None:
-            return self.decoder(tokens, memory)  # (N, T, V)
-        return self.decoder(tokens, memory, memory_index=src_index)  # (N, T, V)
+            return self.decoder(tokens, memory, **extra)  # (N, T, V)
+        return self.decoder(tokens, memory, memory_index=src_index, **extra)  # (N, T, V)
 
     @torch.no_grad()
     def generate(

@@ -34,7 +34,7 @@ def cross_attention_maps(model: TransformerEncoderDecoder, images: Tensor, token
     inputs = torch.cat([sos, tokens[:, :-1]], dim=1)  # (B, L): shifted right, as in training
     _, maps = model.decoder(inputs, memory, return_cross_attention=True)
     weights = maps[-1].float().mean(dim=1)  # (B, L, S): last layer, mean over heads
-    grid = model.encoder.patch_embed.grid_size
+    grid = model.encoder.grid_size  # ViT patches or ResNet cells per side
     return weights.reshape(*weights.shape[:2], grid, grid).cpu()  # (B, L, gh, gw)
 
 

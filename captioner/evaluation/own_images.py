@@ -137,7 +137,8 @@ class ImageCaptioner:
 
         ``top``: how many of the beam's hypotheses to keep per image (at most the beam size);
         hypotheses the search could not fill (score -inf, a tiny vocabulary) are left out.
-        ``attention``: also compute every kept hypothesis's per-word cross-attention maps.
+        ``attention``: also compute every kept hypothesis's per-word cross-attention maps (none for a
+        decoder that does not attend, the Show-and-Tell LSTM: ``words`` and ``maps`` stay None).
         """
         beam_size = self.beam_size if beam_size is None else beam_size
         alpha = self.alpha if alpha is None else alpha
@@ -153,7 +154,7 @@ class ImageCaptioner:
                                          beam_size, alpha)  # (n, K, L), (n, K) best first
             tokens, scores = tokens[:, :top], scores[:, :top]  # (n, top, L), (n, top)
             per_beam = None
-            if attention:  # teacher-forced again, each hypothesis beside its own image
+            if attention and self.model.decoder.attends:  # teacher-forced again, each hypothesis beside its own image
                 flat = tokens.reshape(n * tokens.shape[1], -1)  # (n * top, L)
                 per_beam = word_attention(self.model, x.repeat_interleave(tokens.shape[1], 0), flat, self.tokenizer)
         results = []

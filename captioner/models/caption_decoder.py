@@ -31,6 +31,8 @@ class CaptionDecoder(nn.Module):
         memory_dim: Cm, the memory's width if it differs from d_model.
     """
 
+    attends = True  # it has cross-attention maps (return_cross_attention); see lstm_decoders.py for one without
+
     def __init__(
         self,
         vocab_size: int,

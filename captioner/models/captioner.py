@@ -1,9 +1,13 @@
 """The captioner as a whole: build it, its teacher-forcing loss, and rebuild it from a checkpoint.
 
-The captioner is a :class:`~transformer_components.TransformerEncoderDecoder` of the ViT
-(:class:`~captioner.models.vit.ImageEncoder`) and a
-:class:`~captioner.models.caption_decoder.CaptionDecoder` reading the ViT's patch features through
-cross-attention, so greedy decoding and beam search work on it unchanged.
+The captioner is a :class:`~transformer_components.TransformerEncoderDecoder` of an image encoder and a
+caption decoder, so greedy decoding and beam search work on every combination unchanged:
+
+    encoder_kind  vit     :class:`~captioner.models.vit.ImageEncoder`, patch features (B, L, C)
+                  resnet  :class:`~captioner.models.resnet.ResNetEncoder`, a grid of features (B, H*W, C)
+    decoder_kind  transformer     :class:`~captioner.models.caption_decoder.CaptionDecoder` (cross-attention)
+                  lstm            :class:`~captioner.models.lstm_decoders.ShowAndTellDecoder` (pooled image)
+                  attention-lstm  :class:`~captioner.models.lstm_decoders.AttendAndTellDecoder` (soft attention)
 
 Teacher forcing: the decoder reads the caption shifted right and predicts it shifted left, every
 position at once::
@@ -14,8 +18,9 @@ position at once::
 
 and :func:`caption_loss` averages the cross-entropy over the real (non-pad) targets only.
 
-A captioner checkpoint is self-contained: besides the training state it stores the ViT architecture
-(``"vit"``), the vocabulary size, the decoder's ``max_len`` and the tokenizer file's text, so
+A captioner checkpoint is self-contained: besides the training state (with the run config, which names
+the encoder and decoder kinds and the decoder's settings) it stores the encoder architecture
+(``"vit"`` or ``"resnet"``), the vocabulary size, the decoder's ``max_len`` and the tokenizer file's text, so
 :func:`load_captioner` rebuilds model and tokenizer from the checkpoint alone.
 
 A pretrained encoder comes from an MAE checkpoint (:func:`encoder_from_mae_checkpoint`), whose own
@@ -34,13 +39,17 @@ from captioner.config import (
     CaptionDecoderConfig,
     CaptionerRunConfig,
     ConfigError,
+    LSTMDecoderConfig,
+    ResNetConfig,
     ViTConfig,
     config_from_dict,
     config_to_dict,
 )
 from captioner.models.caption_decoder import CaptionDecoder
+from captioner.models.lstm_decoders import AttendAndTellDecoder, ShowAndTellDecoder
+from captioner.models.resnet import ResNetEncoder
 from captioner.models.vit import ImageEncoder
-from captioner.text.tokenizers import PAD_ID, parse_tokenizer
+from captioner.text.tokenizers import EOS_ID, PAD_ID, parse_tokenizer
 from captioner.training.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -51,19 +60,37 @@ from transformer_components import TransformerEncoderDecoder
 KIND = "captioner"  # the checkpoint kind of train_captioner.py
 
 
-def build_captioner(vit: ViTConfig, decoder: CaptionDecoderConfig, vocab_size: int,
-                    max_len: int) -> TransformerEncoderDecoder:
-    """ImageEncoder(vit) + CaptionDecoder; ``max_len`` = the most token positions ever decoded.
+ENCODERS = {ViTConfig: ("vit", ImageEncoder), ResNetConfig: ("resnet", ResNetEncoder)}  # config type -> kind, class
+LSTM_DECODERS = {"lstm": ShowAndTellDecoder, "attention-lstm": AttendAndTellDecoder}
 
-    The decoder may be narrower or wider than the ViT: its cross-attention projects the ViT's
-    ``vit.width`` features to its own width.
+
+def build_captioner(encoder_config: ViTConfig | ResNetConfig, decoder: CaptionDecoderConfig, vocab_size: int,
+                    max_len: int, decoder_kind: str = "transformer",
+                    lstm: LSTMDecoderConfig | None = None) -> TransformerEncoderDecoder:
+    """An encoder (ViT or ResNet, by the type of ``encoder_config``) + a caption decoder of ``decoder_kind``
+    (``decoder`` configures a transformer, ``lstm`` an LSTM); ``max_len`` = the most token positions ever decoded.
+
+    The decoder may be narrower or wider than the encoder: it projects the encoder's ``width`` features
+    to its own sizes.
     """
-    encoder = ImageEncoder(vit)
-    caption_decoder = CaptionDecoder(
-        vocab_size, decoder.width, decoder.depth, decoder.heads, int(decoder.width * decoder.mlp_ratio), max_len,
-        dropout=decoder.dropout, pad_id=PAD_ID, memory_dim=vit.width,
-    )
+    encoder = ENCODERS[type(encoder_config)][1](encoder_config)
+    if decoder_kind == "transformer":
+        caption_decoder = CaptionDecoder(
+            vocab_size, decoder.width, decoder.depth, decoder.heads, int(decoder.width * decoder.mlp_ratio), max_len,
+            dropout=decoder.dropout, pad_id=PAD_ID, memory_dim=encoder.width,
+        )
+    elif decoder_kind in LSTM_DECODERS:
+        caption_decoder = LSTM_DECODERS[decoder_kind](vocab_size, encoder.width, lstm or LSTMDecoderConfig(), max_len,
+                                                      pad_id=PAD_ID)
+    else:
+        raise ValueError(f"decoder_kind: expected transformer, lstm or attention-lstm, got {decoder_kind!r}")
     return TransformerEncoderDecoder(encoder, caption_decoder)
+
+
+def captioner_for_config(cfg: CaptionerRunConfig, encoder_config: ViTConfig | ResNetConfig, vocab_size: int,
+                         max_len: int) -> TransformerEncoderDecoder:
+    """:func:`build_captioner` with the decoder named by a run config."""
+    return build_captioner(encoder_config, cfg.decoder, vocab_size, max_len, cfg.decoder_kind, cfg.lstm)
 
 
 def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -77,6 +104,19 @@ def caption_loss(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) 
                            label_smoothing=label_smoothing)
 
 
+def eos_suppression_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """The mean probability the model puts on ``<eos>`` where the caption has not ended yet.
+
+    logits (B, T, V), targets (B, T). Positions whose target is a real token other than ``<eos>``
+    count; the ``<eos>`` target itself and padding do not. Added to the loss with a weight
+    (``eos_suppression``), it pushes against captions that stop too early. Example: a target
+    ``a circle <eos> <pad>`` counts the first two positions.
+    """
+    before_end = (targets != PAD_ID) & (targets != EOS_ID)  # (B, T)
+    p_eos = torch.exp(logits[..., EOS_ID].float() - logits.float().logsumexp(dim=-1))  # (B, T)
+    return (p_eos * before_end).sum() / before_end.sum().clamp(min=1)
+
+
 def teacher_forcing_loss(model: TransformerEncoderDecoder, images: Tensor, tokens: Tensor, image_index: Tensor,
                          label_smoothing: float = 0.0) -> Tensor:
     """The training loss of a batch: images (U, 3, H, W) normalised, each encoded once; tokens (B, T)
@@ -85,27 +125,35 @@ def teacher_forcing_loss(model: TransformerEncoderDecoder, images: Tensor, token
     return caption_loss(logits, tokens[:, 1:], label_smoothing)
 
 
-def checkpoint_extras(vit: ViTConfig, vocab_size: int, max_len: int, tokenizer_text: str,
+def checkpoint_extras(encoder_config: ViTConfig | ResNetConfig, vocab_size: int, max_len: int, tokenizer_text: str,
                       pretrained: str | None) -> dict:
-    """What a captioner checkpoint stores besides the training state (see the module docstring);
-    ``pretrained`` is the MAE checkpoint the run started from (None: from scratch)."""
-    return {"vit": config_to_dict(vit), "vocab_size": vocab_size, "max_len": max_len,
-            "tokenizer": tokenizer_text, "pretrained": pretrained}
+    """What a captioner checkpoint stores besides the training state (see the module docstring): the
+    encoder architecture under its kind (``"vit"`` or ``"resnet"``); ``pretrained`` is the MAE
+    checkpoint the run started from (None: from scratch)."""
+    return {ENCODERS[type(encoder_config)][0]: config_to_dict(encoder_config), "vocab_size": vocab_size,
+            "max_len": max_len, "tokenizer": tokenizer_text, "pretrained": pretrained}
 
 
-def captioner_from_payload(payload: dict, source: str | Path, decoder: CaptionDecoderConfig | None = None,
+def captioner_from_payload(payload: dict, source: str | Path, cfg: CaptionerRunConfig | None = None,
                            max_len: int = 0) -> TransformerEncoderDecoder:
     """The captioner described by a checkpoint payload, with its weights (on the CPU).
 
-    ``decoder`` replaces the stored decoder settings (a resumed run's ``--set`` overrides); weights
-    that then do not fit raise CheckpointError. ``max_len`` raises the decoder's position limit
-    above the stored one (its position encoding is computed, not learned, so any length works).
+    ``cfg`` replaces the stored run config's decoder settings (a resumed run's ``--set`` overrides);
+    weights that then do not fit raise CheckpointError. ``max_len`` raises the decoder's position
+    limit above the stored one (its position encoding is computed, not learned, so any length works).
+    Checkpoints written before ResNets and LSTMs existed hold ``"vit"`` and a transformer decoder.
     """
     try:
-        vit = config_from_dict(ViTConfig, payload["vit"], source=f"{source} (vit)")
-        if decoder is None:
-            decoder = config_from_dict(CaptionerRunConfig, payload["config"], source=f"{source} (config)").decoder
-        model = build_captioner(vit, decoder, payload["vocab_size"], max(payload["max_len"], max_len))
+        if "resnet" in payload:
+            encoder_config = config_from_dict(ResNetConfig, payload["resnet"], source=f"{source} (resnet)")
+        else:
+            encoder_config = config_from_dict(ViTConfig, payload["vit"], source=f"{source} (vit)")
+        if cfg is None:
+            cfg = config_from_dict(CaptionerRunConfig, payload["config"], source=f"{source} (config)")
+        stored_kind = ENCODERS[type(encoder_config)][0]
+        if cfg.encoder_kind != stored_kind:
+            raise ConfigError(f"encoder_kind is {cfg.encoder_kind!r}, but the checkpoint holds a {stored_kind!r} encoder")
+        model = captioner_for_config(cfg, encoder_config, payload["vocab_size"], max(payload["max_len"], max_len))
     except KeyError as e:
         raise CheckpointError(f"{source}: the captioner checkpoint lacks its {e.args[0]!r} entry") from None
     except (ConfigError, ValueError) as e:

@@ -124,11 +124,18 @@ class ImageEncoder(nn.Module):
         self.config = vit
         self.patch_embed = PatchEmbedding(vit.image_size, vit.patch_size, vit.width, overlap=vit.patch_overlap)
         self.num_patches = self.patch_embed.num_patches
-        grid = self.patch_embed.grid_size
+        self.width = vit.width  # C, what a decoder reads
+        grid = self.grid_size = self.patch_embed.grid_size
         # Fixed, derived from the config: not a parameter, and not stored in checkpoints.
         self.register_buffer("pos_embed", sincos_2d_position_encoding(grid, grid, vit.width)[None], persistent=False)
         self.transformer = TransformerEncoder(vit.depth, vit.width, vit.heads, int(vit.width * vit.mlp_ratio), vit.dropout)
         init_linear_and_norm(self.transformer)
+
+    def layer_groups(self) -> list[list[nn.Module]]:
+        """The unfreezing groups above the patch embedding, from the input side: one per transformer
+        layer, the final LayerNorm joining the top one."""
+        layers = self.transformer.layers
+        return [[layer] for layer in layers[:-1]] + [[layers[-1], self.transformer.norm]]
 
     def embed(self, images: Tensor) -> Tensor:
         """Patch tokens with their position embedding: (B, 3, H, W) -> (B, L, C)."""

@@ -52,14 +52,16 @@ def caption_json(result: CaptionedImage, beam_size: int, alpha: float) -> dict:
     """The answer to ``POST /caption``: the best caption, and every beam with its words' heat maps.
 
     The maps of one beam share one colour scale (:func:`attention_overlay`), so a word that looked
-    everywhere stays cool beside a word that looked at one spot.
+    everywhere stays cool beside a word that looked at one spot. A decoder without attention (Show and
+    Tell) has no maps: its beams' ``words`` are empty.
     """
     beams = []
     for hypothesis in result.beams:
-        heat = attention_overlay(result.image, hypothesis.maps)  # (n_words, 3, S, S) uint8
-        beams.append({"caption": hypothesis.caption, "score": round(hypothesis.score, 4),
-                      "words": [{"word": word, "heat": png_data_url(panel)}
-                                for word, panel in zip(hypothesis.words, heat)]})
+        words = []
+        if hypothesis.maps is not None:
+            heat = attention_overlay(result.image, hypothesis.maps)  # (n_words, 3, S, S) uint8
+            words = [{"word": word, "heat": png_data_url(panel)} for word, panel in zip(hypothesis.words, heat)]
+        beams.append({"caption": hypothesis.caption, "score": round(hypothesis.score, 4), "words": words})
     return {"caption": result.caption, "score": beams[0]["score"], "beam_size": beam_size, "alpha": alpha,
             "image": png_data_url(result.image), "beams": beams}
 

@@ -10,6 +10,12 @@ parameters are split into groups::
     encoder_layer{d-1}  the top layer, together with the encoder's final LayerNorm
     decoder           the whole caption decoder
 
+For a ResNet encoder the same names stand for its stem (``patch_embed``) and its stages
+(``encoder_layer{i}``): the stem is the input side, as the patch embedding is for the ViT. Each encoder
+lists its groups in ``layer_groups()``. (No pretrained ResNet exists in this project, so a ResNet
+captioner trains from scratch and every group trains from the first step; the grouping still gives its
+optimiser the same named layout as the ViT's.)
+
 The decoder always trains at the full learning rate. The encoder is frozen before
 ``unfreeze.start_epoch``; from then on one more encoder group trains each epoch, from the top layer
 down to the patch embedding, and each group's learning rate is ``decay`` times that of the group
@@ -87,19 +93,18 @@ def train_everything(depth: int) -> dict[str, GroupState]:
 def unfreeze_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """The named parameters of each group of a captioner (``build_captioner``'s model).
 
-    ``model.encoder`` is an ImageEncoder: its ``transformer.layers[i]`` form ``encoder_layer{i}``,
-    ``transformer.norm`` joins the top layer, and everything else in the encoder (the patch
-    embedding) forms ``patch_embed``. ``model.decoder`` is one group.
+    ``model.encoder.layer_groups()`` lists the modules of ``encoder_layer0, 1, ...`` (an ImageEncoder:
+    its transformer layers, the final LayerNorm joining the top one; a ResNetEncoder: its stages);
+    everything else in the encoder (the patch embedding, or the stem) forms ``patch_embed``.
+    ``model.decoder`` is one group.
     """
-    transformer = model.encoder.transformer
-    depth = len(transformer.layers)
-    groups = {name: [] for name in group_names(depth)}
-    owner = {}  # id(parameter) -> group, for the transformer's parameters
-    for i, layer in enumerate(transformer.layers):
-        for p in layer.parameters():
-            owner[id(p)] = f"encoder_layer{i}"
-    for p in transformer.norm.parameters():
-        owner[id(p)] = f"encoder_layer{depth - 1}"
+    layer_groups = model.encoder.layer_groups()
+    groups = {name: [] for name in group_names(len(layer_groups))}
+    owner = {}  # id(parameter) -> group, for the parameters of the layers
+    for i, modules in enumerate(layer_groups):
+        for module in modules:
+            for p in module.parameters():
+                owner[id(p)] = f"encoder_layer{i}"
     for pname, p in model.encoder.named_parameters(prefix="encoder"):
         groups[owner.get(id(p), PATCH_EMBED)].append((pname, p))
     groups[DECODER] = list(model.decoder.named_parameters(prefix="decoder"))
