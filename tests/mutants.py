@@ -176,6 +176,21 @@ MUTANTS = [
     mutant("wit-base64-not-validated", "captioner/data/wit.py",
            'base64.b64decode(record.get("b64_bytes") or "", validate=True)',
            'base64.b64decode(record.get("b64_bytes") or "")', ["tests/test_wit.py"]),
+    # The overlapping patch embedding, the LSTMs (checked by hand on 2026-12-01, then recorded here)
+    mutant("mae-overlap-sees-hidden-pixels", "captioner/models/mae.py",
+           "        if self.encoder.patch_embed.overlap:", "        if False:", ["tests/test_mae.py"]),
+    mutant("lstm-gates-swapped", "captioner/models/lstm.py",
+           "        i, f, g, o = gates.chunk(4, dim=1)  # (B, H) each",
+           "        f, i, g, o = gates.chunk(4, dim=1)  # (B, H) each", ["tests/test_lstm.py"]),
+    mutant("lstm-cache-not-reordered", "captioner/models/lstm_decoders.py",
+           "        self.h, self.c = self.h.index_select(0, index), self.c.index_select(0, index)",
+           "        self.h, self.c = self.h, self.c", ["tests/test_lstm.py"]),
+    mutant("attention-mask-ignored", "captioner/models/lstm_decoders.py",
+           '            e = e.masked_fill(mask, float("-inf"))  # padding cells get no attention',
+           "            e = e  # padding cells get no attention", ["tests/test_lstm.py"]),
+    mutant("doubly-stochastic-counts-padding", "captioner/models/lstm_decoders.py",
+           "    total = (alphas * real[:, :, None]).sum(dim=1)  # (B, S) attention each cell got over the caption",
+           "    total = alphas.sum(dim=1)  # (B, S) attention each cell got over the caption", ["tests/test_lstm.py"]),
 ]
 
 
