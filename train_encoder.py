@@ -29,7 +29,6 @@ import argparse
 import math
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -57,9 +56,9 @@ from captioner.training.distributed import (
 from captioner.training.log import JsonlLogger, LossMeter
 from captioner.training.optimizer import make_optimizer, param_groups
 from captioner.training.schedule import lr_at_step
+from captioner.training.seeding import TRAIN_STREAM, VALIDATION_STREAM, seeded_generator
 
 KIND = "mae"  # the checkpoint kind; train_captioner.py -p expects it
-TRAIN_STREAM, VALIDATION_STREAM = 0, 1  # keep the training and validation random streams apart
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,18 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(parser, default_config="configs/shapes_encoder.yaml")
     return parser
-
-
-def seeded_generator(device: torch.device, *entropy: int) -> torch.Generator:
-    """A generator on ``device`` whose seed is a well-mixed function of the integers ``entropy``.
-
-    ``seeded_generator(device, seed, TRAIN_STREAM, epoch)`` draws the same numbers whenever epoch
-    ``epoch`` is run, whether or not the run was interrupted before it. Up to four integers, trailing
-    zeros do not change the seed (numpy pads the entropy with zeros), so ``(seed, TRAIN_STREAM, epoch, 0)``
-    for torchrun's rank 0 draws what a single process draws.
-    """
-    seed = int(np.random.SeedSequence(list(entropy)).generate_state(1, dtype=np.uint64)[0])
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def mae_loss(model, transform, images: torch.Tensor, generator: torch.Generator, num_patches: int) -> torch.Tensor:

@@ -77,9 +77,7 @@ from captioner.training.distributed import (
 from captioner.training.log import JsonlLogger, LossMeter
 from captioner.training.optimizer import make_optimizer, param_groups
 from captioner.training.schedule import lr_at_step
-from train_encoder import seeded_generator
-
-TRAIN_STREAM = 0  # the random stream of the cosine loss's sampled negatives
+from captioner.training.seeding import TRAIN_STREAM, seeded_generator  # the negatives' stream
 
 
 def build_parser() -> argparse.ArgumentParser:

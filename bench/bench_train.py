@@ -82,7 +82,8 @@ from captioner.training.unfreeze import (  # noqa: E402
     unfreeze_param_groups,
     unfreeze_schedule,
 )
-from train_encoder import TRAIN_STREAM, mae_loss, seeded_generator  # noqa: E402
+from captioner.training.seeding import TRAIN_STREAM, seeded_generator  # noqa: E402
+from train_encoder import mae_loss  # noqa: E402
 
 PRESETS = {"shapes": ROOT / "configs" / "shapes_encoder.yaml", "coco": ROOT / "configs" / "coco_encoder.yaml"}
 CAPTIONER_PRESETS = {"shapes": ROOT / "configs" / "shapes_captioner.yaml",

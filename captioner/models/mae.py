@@ -43,6 +43,12 @@ def num_visible(num_patches: int, mask_ratio: float) -> int:
     return n_keep
 
 
+def draw_noise(batch: int, num_patches: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """The masking noise (B, L): uniform numbers drawn with ``generator`` on its own device, moved to ``device``."""
+    draw_device = generator.device if generator is not None else device
+    return torch.rand(batch, num_patches, generator=generator, device=draw_device).to(device)
+
+
 def random_masking(
     x: Tensor, mask_ratio: float, generator: torch.Generator | None = None, noise: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -69,8 +75,7 @@ def random_masking(
     B, L, C = x.shape
     n_keep = num_visible(L, mask_ratio)
     if noise is None:
-        draw_device = generator.device if generator is not None else x.device
-        noise = torch.rand(B, L, generator=generator, device=draw_device).to(x.device)  # (B, L)
+        noise = draw_noise(B, L, generator, x.device)  # (B, L)
     ids_shuffle = noise.argsort(dim=1)  # (B, L): token ids, ascending noise
     ids_restore = ids_shuffle.argsort(dim=1)  # (B, L): position of each token in ids_shuffle
     ids_keep = ids_shuffle[:, :n_keep]  # (B, n_keep)
@@ -143,10 +148,8 @@ class MaskedAutoencoder(nn.Module):
         if self.encoder.patch_embed.overlap:
             # An overlapping patch embedding would let a visible token see the edges of its hidden
             # neighbours: blank the masked patches (0 = the mean colour after normalisation) first.
-            if noise is None:  # drawn exactly as random_masking would draw it
-                draw_device = generator.device if generator is not None else images.device
-                noise = torch.rand(images.shape[0], self.num_patches, generator=generator, device=draw_device)
-                noise = noise.to(images.device)  # (B, L)
+            if noise is None:  # drawn here instead of in random_masking, which then uses the same noise
+                noise = draw_noise(images.shape[0], self.num_patches, generator, images.device)  # (B, L)
             visible = noise.argsort(dim=1).argsort(dim=1) < self.n_keep  # (B, L): rank among the n_keep smallest
             per_pixel = visible[..., None].expand(-1, -1, self.patch_size**2 * images.shape[1])  # (B, L, D)
             images = images * unpatchify(per_pixel.to(images.dtype), self.patch_size, images.shape[1])
