@@ -143,6 +143,14 @@ MUTANTS = [
     mutant("length-penalty-n-alpha", "transformer_components/generation.py",
            "return ((5.0 + length) / 6.0) ** alpha", "return length ** alpha",
            ["tests/test_generation.py", "tests/test_notebook.py"]),
+    # ---- the truth score's whole-scene lists: stacked objects either way, side by side in order
+    mutant("truth-list-by-centre-only", "captioner/evaluation/truth.py",
+           "order = max(left_to_right_orders(scene.objects), key=lambda order: _matches(items, order))",
+           "order = left_to_right_orders(scene.objects)[0]",
+           ["tests/test_truth.py"], "a list naming two stacked objects the other way round is called false"),
+    mutant("truth-list-any-order", "captioner/evaluation/truth.py",
+           "if not any(is_left_of(later, earlier)", "if True or not any(is_left_of(later, earlier)",
+           ["tests/test_truth.py"], "a list naming two objects side by side the wrong way round is called true"),
     # ---- 9. retrieval: losses, LAMB, Recall@K, the top-k search, resume, WIT
     mutant("info-nce-one-direction", "captioner/training/contrastive.py",
            "return (image_to_text + text_to_image) / 2", "return image_to_text",

@@ -11,10 +11,15 @@ A caption is parsed into statements (``shapes_parser.py``), and each statement g
 - ``count``: exactly n objects fit ("two red shapes", "three shapes", "both shapes are ...");
 - ``object``: at least one fits ("a red circle"), or exactly one ("the red circle");
 - ``colour``, ``shape``, ``size``: an object has it ("the circle is red", "all the shapes are small",
-  and each object of a whole-scene list: "a red circle and a blue square" says the leftmost object
-  is red and a circle, the next one blue and a square, and that there are exactly two);
+  and each object of a whole-scene list: "a red circle and a blue square" says there are exactly two
+  objects, the one on the left red and a circle, the other blue and a square);
 - ``position`` ("a red circle on the left"), ``relation`` ("the star is above the square"),
   ``background`` ("on a speckled background").
+
+A whole-scene list names the objects from left to right, where "left of" means what it means
+everywhere in the project: wholly to the left (:func:`~captioner.data.shapes_scene.is_left_of`). Two
+objects that overlap along x, one above the other, have no left-to-right order, so the list may name
+them either way round (:func:`list_alignment`); the generator happens to write them by their centres.
 
 A claim about "the X" is false when X does not single out one object. A caption is *true in full*
 when it was parsed and all its claims hold; a caption the parser refuses counts as not true, and
@@ -31,6 +36,7 @@ unparsed share beside the claims.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +44,16 @@ from pathlib import Path
 
 from captioner.data.shapes import PARAMS_FILE
 from captioner.data.shapes_captions import captions_for
-from captioner.data.shapes_scene import ID_STRIDE, SPLITS, Scene, SceneObject, regions, relations, scene_for
+from captioner.data.shapes_scene import (
+    ID_STRIDE,
+    SPLITS,
+    Scene,
+    SceneObject,
+    is_left_of,
+    regions,
+    relations,
+    scene_for,
+)
 from captioner.evaluation.shapes_parser import (
     Exists,
     HasAttribute,
@@ -86,12 +101,41 @@ def _referents(phrase: NounPhrase, scene: Scene) -> list[SceneObject]:
     return fitting if not phrase.definite or len(fitting) == 1 else []
 
 
+def left_to_right_orders(objects: Sequence[SceneObject]) -> list[tuple[SceneObject, ...]]:
+    """Every order of ``objects`` that lists no object after one it lies wholly to the left of.
+
+    The order by centres comes first. Objects that overlap along x can come either way round:
+    three objects side by side have one order; two of them one above the other, two.
+    """
+    by_centre = sorted(objects, key=lambda o: o.cx)
+    return [order for order in itertools.permutations(by_centre)
+            if not any(is_left_of(later, earlier)
+                       for i, earlier in enumerate(order) for later in order[i + 1:])]
+
+
+def _matches(items: Sequence, order: Sequence[SceneObject]) -> int:
+    """How many of the items' attributes hold when item k is read as ``order[k]``."""
+    return sum(getattr(item, attribute) == getattr(obj, attribute)
+               for item, obj in zip(items, order)
+               for attribute in ("size", "colour", "shape") if getattr(item, attribute) is not None)
+
+
+def list_alignment(items: Sequence, scene: Scene) -> list[SceneObject | None]:
+    """The object each item of a whole-scene list is about (None past the last object).
+
+    Among the left-to-right orders of the scene (:func:`left_to_right_orders`), the one under which
+    most of the items' attributes hold, the order by centres on a tie. A list that names two objects
+    one above the other in either order is then true, one that swaps two objects side by side is not.
+    """
+    order = max(left_to_right_orders(scene.objects), key=lambda order: _matches(items, order))  # first of the best
+    return [order[k] if k < len(order) else None for k in range(len(items))]
+
+
 def _list_claims(items: Sequence, scene: Scene) -> list[Claim]:
-    """A whole-scene list, item k against the k-th object from the left."""
-    ordered = sorted(scene.objects, key=lambda o: o.cx)
-    claims = [Claim("count", f"exactly {len(items)} shapes", len(items) == len(ordered))]
-    for k, item in enumerate(items):
-        obj = ordered[k] if k < len(ordered) else None
+    """A whole-scene list: the number of objects, and item k against the k-th object from the left."""
+    aligned = list_alignment(items, scene)
+    claims = [Claim("count", f"exactly {len(items)} shapes", len(items) == len(scene.objects))]
+    for k, (item, obj) in enumerate(zip(items, aligned)):
         for attribute in ("size", "colour", "shape"):
             value = getattr(item, attribute)
             if value is not None:
@@ -152,8 +196,8 @@ def truth_scores(captions: Mapping[int, str], scenes: Mapping[int, Scene]) -> di
     of all captions true in full (unparsed ones count as not true); ``unparsed``: the share refused;
     ``by_kind``: claims and the share true per kind; ``whole_scene``: for the captions that list the
     whole scene, the share true in full and the accuracy of the object count and, object by object
-    from the left, of each attribute (an object the list leaves out, or an item with no object,
-    counts as wrong).
+    from the left (:func:`list_alignment`), of each attribute (an object the list leaves out, or an
+    item with no object, counts as wrong).
     """
     verdicts = {image_id: check_caption(text, scenes[image_id]) for image_id, text in captions.items()}
     claims = [c for v in verdicts.values() if v.claims is not None for c in v.claims]
@@ -162,10 +206,9 @@ def truth_scores(captions: Mapping[int, str], scenes: Mapping[int, Scene]) -> di
     positions = sum(max(len(v.scene_list.items), len(s.objects)) for v, s in listed)
     attribute_hits = {attribute: 0 for attribute in LIST_ATTRIBUTES}
     for verdict, scene in listed:
-        ordered = sorted(scene.objects, key=lambda o: o.cx)
-        for item, obj in zip(verdict.scene_list.items, ordered):
+        for item, obj in zip(verdict.scene_list.items, list_alignment(verdict.scene_list.items, scene)):
             for attribute in LIST_ATTRIBUTES:
-                attribute_hits[attribute] += getattr(item, attribute) == getattr(obj, attribute)
+                attribute_hits[attribute] += obj is not None and getattr(item, attribute) == getattr(obj, attribute)
     return {
         "n_captions": len(verdicts),
         "claims_true": _share(sum(c.holds for c in claims), len(claims)),
