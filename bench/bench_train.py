@@ -191,7 +191,7 @@ def mae_section(args, device: torch.device) -> list[Row]:
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
     cfg = load_config(EncoderRunConfig, PRESETS[args.preset], overrides)
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device, training=True)
     B, size = cfg.data.batch_size, cfg.model.image_size
     workers = cfg.data.num_workers if args.workers is None else args.workers
     print(f"MAE preset {args.preset}: {size} px, batch {B}, {precision}, {compile_text(cfg.train)}, "
@@ -270,7 +270,7 @@ def captioner_section(args, device: torch.device) -> list[Row]:
         overrides.append(f"data.batch_size={args.batch_size}")
     cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset], overrides)
     vit = load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device, training=True)
     T, V = CAPTION_SHAPES[args.preset]
     U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
     B = U * CAPTIONS_PER_IMAGE  # captions per step

@@ -104,7 +104,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32  (auto: bf16 on CUDA if supported, else fp16; fp32 on CPU)
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32  (auto: bf16 on CUDA if supported, else fp16; on a CPU bf16 with AMX, else fp32)
     compile: bool = False  # torch.compile the model
     # torch.compile's mode: default | reduce-overhead (CUDA graphs: fewer kernel launches; best with fixed shapes,
     # i.e. MAE) | max-autotune (searches matmul kernels, long first compile) | max-autotune-no-cudagraphs

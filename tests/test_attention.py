@@ -122,6 +122,27 @@ def test_fused_equals_manual_in_float32():
         torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_bf16_autocast_takes_the_manual_path_and_matches_fp32(monkeypatch):
+    """PyTorch's fused CPU attention backpropagates slowly in bf16, so bf16 on a CPU must not call it."""
+    ours, _ = _pair(dtype=torch.float32)
+    x = torch.randn(B, T, C, requires_grad=True)
+    memory = torch.randn(B, T + 2, C)
+    pad = _padding([6, 3, 1], T)
+    expected = [ours(x, key_padding_mask=pad, causal=True), ours(x, memory), ours(x, causal=True)]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("fused attention called in CPU bf16")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", refuse)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = [ours(x, key_padding_mask=pad, causal=True), ours(x, memory), ours(x, causal=True)]
+    for g, e in zip(got, expected):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.float(), e, atol=5e-2, rtol=5e-2)
+    got[0].float().sum().backward()  # and it backpropagates
+    assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fully_masked_rows_stay_finite(dtype):
     ours, _ = _pair(dtype=dtype)

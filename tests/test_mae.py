@@ -95,6 +95,17 @@ def test_overlapping_patch_embedding_maps_the_window_around_each_patch():
             PatchEmbedding(16, p, 32, overlap=bad)
 
 
+def test_the_patch_embedding_stays_fp32_under_cpu_bf16_autocast():
+    """bf16 convolutions backpropagate slowly on a CPU: the patch embedding computes in fp32 there."""
+    torch.manual_seed(0)
+    embed = PatchEmbedding(16, 4, 32, overlap=2)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = embed(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, embed(x), rtol=0, atol=0)
+
+
 # ---- masking ----------------------------------------------------------------------------------
 
 

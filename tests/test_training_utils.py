@@ -5,6 +5,7 @@ import json
 import random
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from captioner.config import (
     load_config,
 )
 from captioner.infra.compile import maybe_compile
+from captioner.training import devices
 from captioner.training import log as log_module
 from captioner.training.checkpoints import (
     CheckpointError,
@@ -38,6 +40,7 @@ from captioner.training.devices import (
     make_grad_scaler,
     resolve_device,
     resolve_precision,
+    setup_device,
 )
 from captioner.training.distributed import DistInfo, weighted_mean
 from captioner.training.log import JsonlLogger, LossMeter, NonFiniteLossError
@@ -112,6 +115,20 @@ def test_optional_and_int_to_float_fields():
 # ---- devices, precision, schedule, optimiser ----------------------------------------------------
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_cpu_training_takes_bf16_only_on_a_cpu_with_bf16_matrix_units(monkeypatch, tmp_path, amx):
+    monkeypatch.setattr(devices, "cpu_has_bf16_matrix_units", lambda: amx)
+    assert resolve_precision("auto", CPU, training=True) == ("bf16" if amx else "fp32")
+    assert resolve_precision("auto", CPU) == "fp32"
+    train = load_config(EncoderRunConfig, Path(__file__).parents[1] / "configs" / "shapes_encoder.yaml").train
+    assert train.precision == "auto"
+    assert setup_device("cpu", train, tmp_path / "run")[1] == ("bf16" if amx else "fp32")
+
+
+def test_the_amx_probe_answers_without_failing():
+    assert devices.cpu_has_bf16_matrix_units() in (True, False)
+
+
 def test_devices_and_precision():
     assert resolve_device("cpu") == CPU
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,8 +137,9 @@ def test_devices_and_precision():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
-    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("auto", CPU) == "fp32"  # inference on a CPU: fp32 on every CPU
     assert resolve_precision("bf16", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU, training=True) == "fp32"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", CPU)
     with pytest.raises(ValueError, match="unknown precision"):

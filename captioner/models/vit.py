@@ -15,6 +15,7 @@ D = p * p * 3 pixel values per patch, C the encoder width.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from captioner.config import ViTConfig
@@ -49,6 +50,13 @@ def unpatchify(patches: Tensor, patch_size: int, channels: int = 3) -> Tensor:
     x = patches.reshape(B, h, w, p, p, channels)  # (B, h, w, p, p, C)
     x = x.permute(0, 5, 1, 3, 2, 4)  # (B, C, h, p, w, p)
     return x.reshape(B, channels, h * p, w * p)  # (B, C, H, W)
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")  # PyTorch >= 2.4
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
 
 
 class PatchEmbedding(nn.Module):
@@ -87,7 +95,12 @@ class PatchEmbedding(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}")
-        x = self.proj(images)  # (B, C, h, w)
+        if images.device.type == "cpu" and _cpu_autocast_enabled():
+            # bf16 on a CPU: PyTorch's bf16 convolution is 4x slower to backpropagate than fp32 here
+            with torch.autocast("cpu", enabled=False):
+                x = self.proj(images.float())  # (B, C, h, w) fp32
+        else:
+            x = self.proj(images)  # (B, C, h, w)
         return x.flatten(2).transpose(1, 2)  # (B, L, C), patches row-major like patchify
 
     def as_linear_weight(self) -> Tensor:
