@@ -16,6 +16,8 @@ Sections (one function each, all returning `Row`s):
   against the frozen step. On CUDA, also the MFU,
   from the FLOPs of one training step as counted by torch.utils.flop_counter (forward + backward of
   what actually runs: a frozen encoder costs its forward pass only).
+- precision: the MAE step alone and the unfrozen captioner step in fp32 and in bf16 autocast, on the
+  same model and batches; ratios against fp32 (what ``train.precision: auto`` gains where it takes bf16).
 
 On CUDA each section also prints its peak GPU memory (``torch.cuda.max_memory_allocated``), and the
 MAE section that of the training step alone (what a run needs beside its data).
@@ -28,7 +30,7 @@ excluded from the timings; every timed region ends with a device synchronisation
 Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
                                    [--compile-mode default|reduce-overhead|max-autotune|...]
                                    [--steps 20] [--warmup 5] [--batch-size N] [--workers N]
-                                   [--peak-tflops X] [--profile] [--sections mae,captioner]
+                                   [--peak-tflops X] [--profile] [--sections mae,captioner,precision]
 """
 
 import argparse
@@ -69,6 +71,7 @@ from captioner.models.mae import MaskedAutoencoder  # noqa: E402
 from captioner.text.tokenizers import EOS_ID, SOS_ID  # noqa: E402
 from captioner.training.devices import (  # noqa: E402
     autocast,
+    cpu_has_bf16_matrix_units,
     make_grad_scaler,
     resolve_device,
     resolve_precision,
@@ -337,7 +340,75 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     return rows
 
 
-SECTIONS = {"mae": mae_section, "captioner": captioner_section}
+def precision_section(args, device: torch.device) -> list[Row]:
+    """The MAE training step alone and the unfrozen captioner step in fp32 and in bf16 autocast (what
+    ``train.precision: auto`` takes on a GPU and, for training, on a CPU with AMX), on the same model
+    and batches, the two precisions alternated twice and the faster of each pair kept. Ratios are
+    against fp32. On a CPU without AMX the bf16 rows show why auto stays fp32 there."""
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        print("precision section skipped: this GPU has no bf16")
+        return []
+    print(f"precision: {'AMX' if cpu_has_bf16_matrix_units() else 'no AMX'} on this CPU; auto trains in "
+          f"{resolve_precision('auto', device, training=True)}; {args.warmup} warm-up + {args.steps} timed steps")
+    rows = []
+    mae_cfg = load_config(EncoderRunConfig, PRESETS[args.preset])
+    cap_cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset])
+    vit = load_config(EncoderRunConfig, ROOT / cap_cfg.encoder_config).model
+    torch.manual_seed(0)
+    B, size = mae_cfg.data.batch_size, mae_cfg.model.image_size
+    mae = MaskedAutoencoder(mae_cfg.model, mae_cfg.mae).to(device)
+    mae_opt = make_optimizer(param_groups(mae.named_parameters(), mae_cfg.train.weight_decay), mae_cfg.train.lr,
+                             (mae_cfg.train.beta1, mae_cfg.train.beta2), device)
+    transform = MAETrainTransform(size, scale=(mae_cfg.augment.crop_scale_min, 1.0), flip=mae_cfg.augment.flip)
+    generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
+    pixels = torch.randint(0, 256, (4, B, 3, size, size), dtype=torch.uint8, device=device)
+    mae_batches = [{"images": transform(p, generator),
+                    "noise": torch.rand(B, mae.num_patches, generator=generator, device=device)} for p in pixels]
+
+    def mae_step(model_, batch):
+        return model_(batch["images"], noise=batch["noise"])[0], B
+
+    T, V = CAPTION_SHAPES[args.preset]
+    U = max(1, cap_cfg.data.batch_size // CAPTIONS_PER_IMAGE)
+    captioner = build_captioner(vit, cap_cfg.decoder, V, max(T, cap_cfg.data.max_caption_len)).to(device)
+    cap_opt = make_optimizer(unfreeze_param_groups(captioner, cap_cfg.train.weight_decay), cap_cfg.train.lr,
+                             (cap_cfg.train.beta1, cap_cfg.train.beta2), device)
+    unfrozen = train_everything(vit.depth)
+    set_trainable(captioner, unfrozen)
+    eval_transform = EvalTransform(vit.image_size)
+    cap_batches = []
+    for _ in range(4):
+        tokens = torch.randint(EOS_ID + 2, V, (U * CAPTIONS_PER_IMAGE, T), device=device)
+        tokens[:, 0], tokens[:, -1] = SOS_ID, EOS_ID
+        cap_batches.append({"images": torch.randint(0, 256, (U, 3, vit.image_size, vit.image_size), dtype=torch.uint8,
+                                                    device=device),
+                            "tokens": tokens,
+                            "image_index": torch.arange(U, device=device).repeat_interleave(CAPTIONS_PER_IMAGE)})
+
+    def cap_step(model_, batch):
+        loss = teacher_forcing_loss(model_, eval_transform(batch["images"]), batch["tokens"], batch["image_index"],
+                                    cap_cfg.label_smoothing)
+        return loss, batch["tokens"].shape[0]
+
+    for section, model, optimizer, train, batches, loss_fn, states, per_step, unit in (
+            ("mae", mae, mae_opt, mae_cfg.train, mae_batches, mae_step, None, B, "images"),
+            ("captioner", captioner, cap_opt, cap_cfg.train, cap_batches, cap_step, unfrozen,
+             U * CAPTIONS_PER_IMAGE, "captions")):
+        best = {}
+        for _ in range(2):
+            for precision in ("fp32", "bf16"):
+                run = make_model_step(model, optimizer, train, device, precision)
+                run([batches[i % 4] for i in range(args.warmup)], loss_fn, states)
+                seconds = timed(lambda: run([batches[i % 4] for i in range(args.steps)], loss_fn, states), device)
+                best[precision] = min(best.get(precision, seconds), seconds)
+        reference = args.steps * per_step / best["fp32"]
+        for precision in ("fp32", "bf16"):
+            name = f"{section} step, {precision}" + (", encoder unfrozen" if section == "captioner" else "")
+            rows.append(Row("precision", name, best[precision], args.steps * per_step, reference, None, unit))
+    return rows
+
+
+SECTIONS = {"mae": mae_section, "captioner": captioner_section, "precision": precision_section}
 
 
 def print_profile(fn, device: torch.device) -> None:
