@@ -72,7 +72,6 @@ from captioner.text.tokenizers import VERSION as TOKENIZER_VERSION
 from captioner.text.tokenizers import load_tokenizer, train_tokenizer
 
 DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256, "wit": 256}
-UNLABELED_PER_TRAIN = 3  # shapes: the default --n-unlabeled, per training image (docs/results.md)
 MAX_LISTED_PER_REASON = 10  # skipped items printed per reason; meta.json lists them all
 
 
@@ -107,9 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-train", type=int, default=4000, help="shapes: training images (default: %(default)s)")
     parser.add_argument("--n-val", type=int, default=500, help="shapes: validation images (default: %(default)s)")
     parser.add_argument("--n-test", type=int, default=500, help="shapes: test images (default: %(default)s)")
-    parser.add_argument("--n-unlabeled", type=int, default=None,
-                        help="shapes: unlabeled images, which only MAE reads (default: 3 x --n-train = 12000; "
-                             "4000 images seen 64 times taught the encoder less than 16000 seen 16 times)")
+    parser.add_argument("--n-unlabeled", type=int, default=0,
+                        help="shapes: unlabeled images, which only MAE reads (add unlabeled to the MAE config's "
+                             "splits to use them; default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="shapes: random seed of the generator (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes that decode and resize images (default: min(4, CPU count) = %(default)s)")
@@ -154,8 +153,6 @@ def process(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------------------------------------
     # 1. Get images and captions
     # ---------------------------------------------------------------------------------------------
-    if args.n_unlabeled is None:
-        args.n_unlabeled = UNLABELED_PER_TRAIN * args.n_train
     if args.source == "shapes":
         coco_dir = data_dir / "raw"
         sizes = dict(n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, n_unlabeled=args.n_unlabeled)

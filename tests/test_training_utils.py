@@ -14,6 +14,7 @@ from torch import nn
 
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.config import (
+    CaptionerRunConfig,
     ConfigError,
     EncoderRunConfig,
     apply_overrides,
@@ -120,7 +121,7 @@ def test_cpu_training_takes_bf16_only_on_a_cpu_with_bf16_matrix_units(monkeypatc
     monkeypatch.setattr(devices, "cpu_has_bf16_matrix_units", lambda: amx)
     assert resolve_precision("auto", CPU, training=True) == ("bf16" if amx else "fp32")
     assert resolve_precision("auto", CPU) == "fp32"
-    train = load_config(EncoderRunConfig, Path(__file__).parents[1] / "configs" / "shapes_encoder.yaml").train
+    train = load_config(CaptionerRunConfig, Path(__file__).parents[1] / "configs" / "shapes_captioner.yaml").train
     assert train.precision == "auto"
     assert setup_device("cpu", train, tmp_path / "run")[1] == ("bf16" if amx else "fp32")
 
