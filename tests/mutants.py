@@ -151,6 +151,13 @@ MUTANTS = [
     mutant("truth-list-any-order", "captioner/evaluation/truth.py",
            "if not any(is_left_of(later, earlier)", "if True or not any(is_left_of(later, earlier)",
            ["tests/test_truth.py"], "a list naming two objects side by side the wrong way round is called true"),
+    # ---- bf16 on a CPU: the slow-to-backpropagate kernels must be avoided
+    mutant("cpu-bf16-fused-attention", "transformer_components/attention.py",
+           "if self.fused and not need_weights and not cpu_bf16:", "if self.fused and not need_weights:",
+           ["tests/test_attention.py"], "bf16 on a CPU calls the fused attention kernel (many times slower backward)"),
+    mutant("cpu-bf16-patch-conv", "captioner/models/vit.py",
+           'if images.device.type == "cpu" and _cpu_autocast_enabled():', "if False:",
+           ["tests/test_mae.py"], "the patch-embedding convolution runs in bf16 on a CPU (several times slower backward)"),
     # ---- 9. retrieval: losses, LAMB, Recall@K, the top-k search, resume, WIT
     mutant("info-nce-one-direction", "captioner/training/contrastive.py",
            "return (image_to_text + text_to_image) / 2", "return image_to_text",

@@ -28,8 +28,9 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_bf16_matrix_units() -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles, Sapphire Rapids and
-    later): PyTorch's bf16 matmuls then run 3-8x faster than fp32 ones on the shapes presets' sizes
-    (docs/results.md). Without AMX, bf16 on a CPU is emulated or merely vectorised, and slower."""
+    later): PyTorch's bf16 matmuls of the shapes presets' sizes then ran 3-8x faster than fp32 ones
+    (one thread, on the project's machine). Without AMX, bf16 on a CPU is emulated or merely
+    vectorised, and no faster."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # PyTorch >= 2.3; private, hence the guard
     try:
         return bool(probe()) if probe is not None else False
@@ -42,7 +43,7 @@ def resolve_precision(precision: str, device: torch.device, training: bool = Fal
 
     ``auto``: on CUDA bf16 where supported, else fp16. On a CPU, fp32, except for ``training`` on a CPU
     with AMX (:func:`cpu_has_bf16_matrix_units`), where bf16 autocast makes a shapes training step
-    about 1.5x faster (docs/results.md). Inference on a CPU stays fp32: it takes seconds, and its
+    1.2-1.3x faster with 2 threads (docs/benchmarks.md). Inference on a CPU stays fp32: it takes seconds, and its
     scores then do not depend on the CPU.
     """
     if precision not in ("auto", "bf16", "fp16", "fp32"):
