@@ -185,6 +185,19 @@ def make_model_step(model, optimizer, train: TrainConfig, device: torch.device, 
     return run
 
 
+def synthetic_caption_batches(U: int, T: int, V: int, size: int, device: torch.device, n: int = 4) -> list[dict]:
+    """``n`` captioner batches as the grouped loader gives them: U uint8 images of ``size`` px and their
+    CAPTIONS_PER_IMAGE random captions of T tokens (<sos> ... <eos>, no other special ids inside)."""
+    batches = []
+    for _ in range(n):
+        tokens = torch.randint(EOS_ID + 2, V, (U * CAPTIONS_PER_IMAGE, T), device=device)  # (B, T)
+        tokens[:, 0], tokens[:, -1] = SOS_ID, EOS_ID
+        batches.append({"images": torch.randint(0, 256, (U, 3, size, size), dtype=torch.uint8, device=device),
+                        "tokens": tokens,
+                        "image_index": torch.arange(U, device=device).repeat_interleave(CAPTIONS_PER_IMAGE)})  # (B,)
+    return batches
+
+
 def compile_text(train: TrainConfig) -> str:
     return f"compile {train.compile}" + (f" ({train.compile_mode})" if train.compile else "")
 
@@ -292,14 +305,7 @@ def captioner_section(args, device: torch.device) -> list[Row]:
                                     cfg.label_smoothing)
         return loss, batch["tokens"].shape[0]
 
-    def make_batch() -> dict:
-        tokens = torch.randint(EOS_ID + 2, V, (B, T), device=device)  # (B, T) no special ids inside
-        tokens[:, 0], tokens[:, -1] = SOS_ID, EOS_ID
-        return {"images": torch.randint(0, 256, (U, 3, vit.image_size, vit.image_size), dtype=torch.uint8, device=device),
-                "tokens": tokens,
-                "image_index": torch.arange(U, device=device).repeat_interleave(CAPTIONS_PER_IMAGE)}  # (B,)
-
-    batches = [make_batch() for _ in range(4)]
+    batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
     peak = peak_tflops(device, args.peak_tflops)
     rows = []
     # epoch 0 of a schedule starting at epoch 1: the whole encoder frozen; then everything trains
@@ -376,14 +382,7 @@ def precision_section(args, device: torch.device) -> list[Row]:
     unfrozen = train_everything(vit.depth)
     set_trainable(captioner, unfrozen)
     eval_transform = EvalTransform(vit.image_size)
-    cap_batches = []
-    for _ in range(4):
-        tokens = torch.randint(EOS_ID + 2, V, (U * CAPTIONS_PER_IMAGE, T), device=device)
-        tokens[:, 0], tokens[:, -1] = SOS_ID, EOS_ID
-        cap_batches.append({"images": torch.randint(0, 256, (U, 3, vit.image_size, vit.image_size), dtype=torch.uint8,
-                                                    device=device),
-                            "tokens": tokens,
-                            "image_index": torch.arange(U, device=device).repeat_interleave(CAPTIONS_PER_IMAGE)})
+    cap_batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
 
     def cap_step(model_, batch):
         loss = teacher_forcing_loss(model_, eval_transform(batch["images"]), batch["tokens"], batch["image_index"],

@@ -28,8 +28,8 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_bf16_matrix_units() -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles, Sapphire Rapids and
-    later): PyTorch's bf16 matmuls of the shapes presets' sizes then ran 3-8x faster than fp32 ones
-    (one thread, on the project's machine). Without AMX, bf16 on a CPU is emulated or merely
+    later): PyTorch's bf16 matmuls of the shapes presets' sizes then ran 2-9x faster than fp32 ones
+    (one thread, on the project's machine, beside another job). Without AMX, bf16 on a CPU is emulated or merely
     vectorised, and no faster."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # PyTorch >= 2.3; private, hence the guard
     try:
