@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         # Layer-wise unfreezing: which encoder groups train this epoch, and at what fraction of the
         # learning rate (a pure function of the epoch). From scratch, everything trains at full rate.
         if pretrained:
-            states = unfreeze_schedule(depth, epoch, cfg.unfreeze.start_epoch, cfg.unfreeze.decay)
+            states = unfreeze_schedule(depth, epoch, cfg.unfreeze.start_epoch, cfg.unfreeze.decay,
+                                       cfg.unfreeze.groups_per_epoch)
         else:
             states = train_everything(depth)
         set_trainable(raw_model, states)

@@ -159,6 +159,7 @@ class UnfreezeConfig:
 
     start_epoch: int = 2  # first (0-based) epoch in which the top encoder layer trains
     decay: float = 0.7  # each encoder group's lr is `decay` times the lr of the group above it
+    groups_per_epoch: int = 1  # encoder groups unfrozen per epoch, from the top (depth + 1 or more: all at once)
 
 
 @dataclass

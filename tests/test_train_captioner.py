@@ -110,6 +110,13 @@ def test_pretrained_encoder_weights_are_loaded_and_unfrozen_on_schedule(workdir,
     assert not torch.equal(epoch1["decoder.lm_head.weight"], epoch2["decoder.lm_head.weight"])
 
 
+def test_groups_per_epoch_reaches_the_unfreeze_schedule(workdir):
+    history = run(workdir, "two_per_epoch", "-p", str(workdir / "mae.pt"), "--set", "unfreeze.groups_per_epoch=2",
+                  "--set", "eval.bleu_images=1")
+    assert history[0]["trainable_groups"] == ["decoder"]
+    assert history[1]["trainable_groups"] == ["encoder_layer0", "encoder_layer1", "decoder"]
+
+
 def test_checkpoint_is_self_contained_and_best_is_kept(workdir, pretrained_run):
     run_dir, history = pretrained_run
     model, tokenizer, payload = load_captioner(run_dir / "checkpoint2.pt")

@@ -73,6 +73,39 @@ def test_schedule_table(epoch):
         assert states[name] == GroupState(scale > 0, scale), (epoch, name)
 
 
+# depth 3 (4 encoder groups), start_epoch 1, decay 0.5, two groups per epoch: the top two join in
+# epoch 1, the other two in epoch 2; the lr scales are those of one group per epoch
+EXPECTED_TWO_PER_EPOCH = {
+    0: {"patch_embed": 0, "encoder_layer0": 0, "encoder_layer1": 0, "encoder_layer2": 0, "decoder": 1},
+    1: {"patch_embed": 0, "encoder_layer0": 0, "encoder_layer1": 0.25, "encoder_layer2": 0.5, "decoder": 1},
+    2: {"patch_embed": 0.0625, "encoder_layer0": 0.125, "encoder_layer1": 0.25, "encoder_layer2": 0.5, "decoder": 1},
+    5: {"patch_embed": 0.0625, "encoder_layer0": 0.125, "encoder_layer1": 0.25, "encoder_layer2": 0.5, "decoder": 1},
+}
+
+
+@pytest.mark.parametrize("epoch", sorted(EXPECTED_TWO_PER_EPOCH))
+def test_schedule_table_two_groups_per_epoch(epoch):
+    states = unfreeze_schedule(VIT.depth, epoch, CFG.start_epoch, CFG.decay, groups_per_epoch=2)
+    for name, scale in EXPECTED_TWO_PER_EPOCH[epoch].items():
+        assert states[name] == GroupState(scale > 0, scale), (epoch, name)
+
+
+@pytest.mark.parametrize("groups_per_epoch", [4, 9])
+def test_enough_groups_per_epoch_unfreeze_the_whole_encoder_at_start_epoch(groups_per_epoch):
+    before = unfreeze_schedule(VIT.depth, 0, CFG.start_epoch, CFG.decay, groups_per_epoch)
+    at = unfreeze_schedule(VIT.depth, 1, CFG.start_epoch, CFG.decay, groups_per_epoch)
+    assert not any(s.trainable for name, s in before.items() if name != "decoder")
+    assert at == EXPECTED_STATES_AT_THE_END
+
+
+EXPECTED_STATES_AT_THE_END = {name: GroupState(True, scale) for name, scale in EXPECTED[9].items()}
+
+
+def test_zero_groups_per_epoch_is_refused():
+    with pytest.raises(ValueError, match="groups_per_epoch"):
+        unfreeze_schedule(VIT.depth, 0, CFG.start_epoch, CFG.decay, groups_per_epoch=0)
+
+
 def test_start_epoch_zero_unfreezes_the_top_layer_at_once():
     states = unfreeze_schedule(2, 0, start_epoch=0, decay=0.7)
     assert states["encoder_layer1"] == GroupState(True, 0.7)

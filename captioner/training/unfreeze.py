@@ -17,8 +17,8 @@ captioner trains from scratch and every group trains from the first step; the gr
 optimiser the same named layout as the ViT's.)
 
 The decoder always trains at the full learning rate. The encoder is frozen before
-``unfreeze.start_epoch``; from then on one more encoder group trains each epoch, from the top layer
-down to the patch embedding, and each group's learning rate is ``decay`` times that of the group
+``unfreeze.start_epoch``; from then on ``unfreeze.groups_per_epoch`` more encoder groups train each
+epoch (one by default), from the top layer down to the patch embedding, and each group's learning rate is ``decay`` times that of the group
 above it (top layer ``decay``, the next ``decay**2``, ...): the lower a layer, the more general its
 features and the less it should move.
 
@@ -56,12 +56,14 @@ def group_names(depth: int) -> list[str]:
     return [PATCH_EMBED] + [f"encoder_layer{i}" for i in range(depth)] + [DECODER]
 
 
-def unfreeze_schedule(depth: int, epoch: int, start_epoch: int, decay: float) -> dict[str, GroupState]:
+def unfreeze_schedule(depth: int, epoch: int, start_epoch: int, decay: float,
+                      groups_per_epoch: int = 1) -> dict[str, GroupState]:
     """Every group's state in (0-based) ``epoch``, for an encoder of ``depth`` layers.
 
     The encoder group k-th from the top (k = 1 for the top layer, k = depth + 1 for the patch
-    embedding) trains from epoch ``start_epoch + k - 1`` on, at lr scale ``decay ** k``; before
-    that its lr scale is 0. The decoder always trains at scale 1.
+    embedding) trains from epoch ``start_epoch + ceil(k / groups_per_epoch) - 1`` on (one group more
+    each epoch by default), at lr scale ``decay ** k``; before that its lr scale is 0. The decoder
+    always trains at scale 1.
 
     Example, depth 2, start_epoch 1, decay 0.5 (scale 0 = frozen)::
 
@@ -71,14 +73,15 @@ def unfreeze_schedule(depth: int, epoch: int, start_epoch: int, decay: float) ->
         2       0            0.25            0.5             1
         3       0.125        0.25            0.5             1
     """
-    if depth < 1 or start_epoch < 0 or not 0.0 < decay <= 1.0:
-        raise ValueError(f"unfreeze_schedule needs depth >= 1, start_epoch >= 0 and 0 < decay <= 1; "
-                         f"got depth={depth}, start_epoch={start_epoch}, decay={decay}")
+    if depth < 1 or start_epoch < 0 or not 0.0 < decay <= 1.0 or groups_per_epoch < 1:
+        raise ValueError(f"unfreeze_schedule needs depth >= 1, start_epoch >= 0, 0 < decay <= 1 and "
+                         f"groups_per_epoch >= 1; got depth={depth}, start_epoch={start_epoch}, decay={decay}, "
+                         f"groups_per_epoch={groups_per_epoch}")
     states = {}
     for name in group_names(depth)[:-1]:
         # rank from the top: encoder_layer{depth-1} -> 1, ..., encoder_layer0 -> depth, patch_embed -> depth + 1
         k = depth + 1 if name == PATCH_EMBED else depth - int(name.removeprefix("encoder_layer"))
-        trainable = epoch >= start_epoch + k - 1
+        trainable = epoch >= start_epoch + -(-k // groups_per_epoch) - 1  # -(-a // b): ceil(a / b)
         states[name] = GroupState(trainable, decay**k if trainable else 0.0)
     states[DECODER] = GroupState(True, 1.0)
     return states
