@@ -90,15 +90,15 @@ def test_schedule_table_two_groups_per_epoch(epoch):
         assert states[name] == GroupState(scale > 0, scale), (epoch, name)
 
 
+EXPECTED_STATES_AT_THE_END = {name: GroupState(True, scale) for name, scale in EXPECTED[9].items()}
+
+
 @pytest.mark.parametrize("groups_per_epoch", [4, 9])
 def test_enough_groups_per_epoch_unfreeze_the_whole_encoder_at_start_epoch(groups_per_epoch):
     before = unfreeze_schedule(VIT.depth, 0, CFG.start_epoch, CFG.decay, groups_per_epoch)
     at = unfreeze_schedule(VIT.depth, 1, CFG.start_epoch, CFG.decay, groups_per_epoch)
     assert not any(s.trainable for name, s in before.items() if name != "decoder")
     assert at == EXPECTED_STATES_AT_THE_END
-
-
-EXPECTED_STATES_AT_THE_END = {name: GroupState(True, scale) for name, scale in EXPECTED[9].items()}
 
 
 def test_zero_groups_per_epoch_is_refused():
