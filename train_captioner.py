@@ -183,10 +183,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- 3. data --------------------------------------------------------------------------------
     # Captions grouped by image: a batch holds all the captions of batch_size / 5 images, so the
     # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
+    # data.group_by_length: images whose longest captions are about as long share a batch (less padding).
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
     train_loader = caption_loader(cfg.data.processed_dir, "train", cfg.data.batch_size, shuffle=True,
                                   seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
-                                  max_len=cfg.data.max_caption_len, group_by_image=True, **shard)
+                                  max_len=cfg.data.max_caption_len, group_by_image=True,
+                                  group_by_length=cfg.data.group_by_length, **shard)
     val_loader = caption_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
                                 num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
                                 group_by_image=True, **shard)

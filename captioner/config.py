@@ -45,6 +45,7 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes; 0 reads in the main process (fast: uint8 cache)
     on_device: bool = False  # MAE only: copy the whole image cache into the device's memory, batch there (no workers)
     max_caption_len: int = 32  # tokens per caption including <sos> and <eos>; longer ones are truncated
+    group_by_length: bool = False  # captioner only: batches of images whose captions are about as long (less padding)
 
 
 @dataclass

@@ -11,7 +11,13 @@ from captioner.data.datasets import (
     ImageDataset,
     ImageWithCaptionsDataset,
 )
-from captioner.data.loaders import EpochBatchSampler, caption_loader, image_captions_loader, image_loader
+from captioner.data.loaders import (
+    EpochBatchSampler,
+    caption_loader,
+    group_by_length,
+    image_captions_loader,
+    image_loader,
+)
 from captioner.data.processed import FORMAT_VERSION, write_split_json
 from captioner.infra.device_loader import DeviceImageLoader, device_image_loader
 from captioner.infra.fileio import write_json
@@ -229,3 +235,83 @@ def test_cuda_device_loader_gives_the_dataloaders_batches(processed):
     assert device.images.is_cuda
     for a, b in zip(host, device, strict=True):
         assert b["images"].is_cuda and torch.equal(a["images"], b["images"].cpu())
+
+
+# ---- batches of about the same length (data.group_by_length) ------------------------------------
+
+
+def test_group_by_length_sorts_each_window_and_shuffles_whole_blocks():
+    # Worked by hand: lengths [1, 9, 2, 8] sorted -> items 0, 2, 3, 1; blocks of 2 -> {0, 2} and {3, 1}.
+    rng = np.random.default_rng(0)
+    out = group_by_length(np.array([0, 1, 2, 3]), np.array([1, 9, 2, 8]), block=2, rng=rng)
+    assert sorted(out.tolist()) == [0, 1, 2, 3]
+    assert {frozenset(out[:2].tolist()), frozenset(out[2:].tolist())} == {frozenset({0, 2}), frozenset({1, 3})}
+    # A partial last block stays last: items 0-4 of lengths 5, 1, 4, 2, 3 sort to 1, 3, 4, 2, 0, so the
+    # blocks are {1, 3} and {4, 2}, and item 0, the longest, is alone at the end.
+    out = group_by_length(np.array([4, 0, 3, 1, 2]), np.array([5, 1, 4, 2, 3]), block=2, rng=rng)
+    assert out[-1] == 0
+    assert {frozenset(out[:2].tolist()), frozenset(out[2:4].tolist())} == {frozenset({1, 3}), frozenset({2, 4})}
+
+
+def test_group_by_length_stays_within_its_window():
+    # Two windows of one block each (window_blocks=1): the second window's items never move into the first's
+    # block, however they sort, so the epoch's random cut into windows is kept.
+    order = np.array([0, 1, 2, 3, 4, 5])
+    lengths = np.array([9, 9, 9, 1, 1, 1])
+    out = group_by_length(order, lengths, block=3, rng=np.random.default_rng(1), window_blocks=1)
+    assert {frozenset(out[:3].tolist()), frozenset(out[3:].tolist())} == {frozenset({0, 1, 2}), frozenset({3, 4, 5})}
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_length_grouped_sampler_makes_batches_of_one_length(replicas):
+    # 40 items, half of length 2 and half of length 9, interleaved; batches of 5 per rank. One window holds
+    # the whole epoch, so every block is of one length, and so is every batch of every rank.
+    lengths = np.array([2, 9] * 20)
+    shares = []
+    for rank in range(replicas):
+        sampler = EpochBatchSampler(40, 5, shuffle=True, seed=4, num_replicas=replicas, rank=rank, lengths=lengths)
+        sampler.set_epoch(3)
+        batches = list(sampler)
+        assert len(batches) == 8 // replicas
+        assert all(len(set(lengths[b].tolist())) == 1 for b in batches)
+        shares += [i for b in batches for i in b]
+        again = EpochBatchSampler(40, 5, shuffle=True, seed=4, num_replicas=replicas, rank=rank, lengths=lengths)
+        again.set_epoch(3)
+        assert list(again) == batches  # a pure function of (seed, epoch): resuming sees the same batches
+        again.set_epoch(4)
+        assert list(again) != batches
+    assert sorted(shares) == list(range(40))  # every item once, the ranks disjoint
+    # the blocks come in a random order: short batches do not always come first
+    first = set()
+    for epoch in range(20):
+        sampler.set_epoch(epoch)
+        first.add(int(lengths[next(iter(sampler))[0]]))
+    assert first == {2, 9}
+    with pytest.raises(ValueError, match="lengths has 3 entries"):
+        EpochBatchSampler(40, 5, shuffle=True, lengths=np.array([1, 2, 3]))
+
+
+def test_item_lengths_of_images_are_their_longest_captions(processed):
+    grouped = ImageCaptionPairDataset(processed, "train", group_by_image=True)
+    counts = CAPTIONS_PER_IMAGE["train"]
+    expected = [max(len(pair_tokens(FIRST_ID["train"] + i, j)) for j in range(n)) for i, n in enumerate(counts)]
+    assert grouped.item_lengths().tolist() == expected
+    pairs = ImageCaptionPairDataset(processed, "train")
+    assert pairs.item_lengths().tolist() == [len(pair_tokens(FIRST_ID["train"] + i, j))
+                                             for i, n in enumerate(counts) for j in range(n)]
+
+
+def test_length_grouped_caption_batches_hold_less_padding(processed):
+    def padding(group_by_length):
+        loader = caption_loader(processed, "train", batch_size=2, shuffle=True, seed=0,
+                                group_by_length=group_by_length)
+        total = 0
+        for epoch in range(6):
+            loader.batch_sampler.set_epoch(epoch)
+            for batch in loader:
+                total += int((batch["tokens"] == PAD_ID).sum())
+        return total
+
+    # The 14 training pairs have 1-4 tokens; sorted into pairs of neighbours, a batch pads at most
+    # one token per row, and often none
+    assert padding(True) < padding(False)

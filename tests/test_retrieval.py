@@ -210,6 +210,8 @@ def test_pretrained_image_tower_comes_from_the_mae_checkpoint(workdir):
 def test_bad_loss_name_is_a_clear_error(workdir):
     with pytest.raises(ValueError, match="contrastive.loss"):
         run(workdir, "bad", "--set", "contrastive.loss=triplet")
+    with pytest.raises(ValueError, match="data.group_by_length is a train_captioner.py setting"):
+        run(workdir, "by_length", "--set", "data.group_by_length=true")
 
 
 @pytest.mark.parametrize("name", ["shapes_retrieval.yaml", "coco_retrieval.yaml"])

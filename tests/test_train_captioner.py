@@ -117,6 +117,21 @@ def test_groups_per_epoch_reaches_the_unfreeze_schedule(workdir):
     assert history[1]["trainable_groups"] == ["encoder_layer0", "encoder_layer1", "decoder"]
 
 
+def test_group_by_length_reaches_the_training_loader_only(workdir, monkeypatch):
+    seen = {}
+    real = train_captioner.caption_loader
+
+    def spy(processed_dir, split, *args, **kwargs):
+        loader = real(processed_dir, split, *args, **kwargs)
+        seen[split] = loader.batch_sampler.lengths
+        return loader
+
+    monkeypatch.setattr(train_captioner, "caption_loader", spy)
+    run(workdir, "by_length", "--set", "data.group_by_length=true", "--set", "train.epochs=1",
+        "--set", "eval.bleu_images=1")
+    assert seen["train"] is not None and seen["val"] is None  # validation keeps its fixed order
+
+
 def test_checkpoint_is_self_contained_and_best_is_kept(workdir, pretrained_run):
     run_dir, history = pretrained_run
     model, tokenizer, payload = load_captioner(run_dir / "checkpoint2.pt")

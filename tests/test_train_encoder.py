@@ -217,6 +217,8 @@ def test_script_errors_exit_cleanly(capsys, tmp_path):
         train_encoder.run_script(train_encoder.main, ["--config", CONFIG, "--set", "train.epochs=many", "--set", f"run_dir={tmp_path}"])
     assert info.value.code == 2
     assert "train.epochs: expected an integer" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="data.group_by_length is a train_captioner.py setting"):
+        train_encoder.main(args(tmp_path, tmp_path / "run", "data.group_by_length=true"))
 
 
 def test_help_describes_the_options(capsys):

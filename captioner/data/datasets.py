@@ -130,6 +130,17 @@ class ImageCaptionPairDataset(BatchDataset):
     def __len__(self) -> int:
         return len(self.image_ids) if self.group_by_image else len(self.pair_image)
 
+    def item_lengths(self) -> np.ndarray:
+        """(len(self),) the tokens of each item's caption, or of each image's longest caption when grouped
+        by image: what the item adds to the padded width of a batch."""
+        if not self.group_by_image:
+            return self.lengths
+        starts, ends = self.image_first_pair[:-1], self.image_first_pair[1:]  # (N,) each
+        longest = np.zeros(len(starts), dtype=np.int64)  # an image without captions adds nothing
+        captioned = ends > starts
+        longest[captioned] = np.maximum.reduceat(self.lengths, starts[captioned])  # segments: each image's pairs
+        return longest
+
     def get_batch(self, indices) -> dict:
         indices = np.asarray(indices, dtype=np.int64)
         if self.group_by_image:
