@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- 1. config and device -------------------------------------------------------------------
     cfg, resume = resolve_run_config(args, EncoderRunConfig, kind=KIND)
     if cfg.data.group_by_length:
-        raise ValueError("data.group_by_length is a train_captioner.py setting (MAE's batches hold images, not captions): "
-                         "set data.group_by_length=false")
+        raise ValueError("data.group_by_length is a train_captioner.py setting (MAE's batches hold images, "
+                         "not captions): set data.group_by_length=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # ---- 1. config, device, tokenizer -----------------------------------------------------------
     cfg, resume = resolve_run_config(args, RetrievalRunConfig, kind=KIND)
     if cfg.data.group_by_length:
-        raise ValueError("data.group_by_length is a train_captioner.py setting (a contrastive batch's other captions are its negatives: batches of alike captions would change the loss): "
+        raise ValueError("data.group_by_length is a train_captioner.py setting (a contrastive batch's other "
+                         "captions are its negatives: batches of alike captions would change the loss): "
                          "set data.group_by_length=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
