@@ -60,6 +60,7 @@ from captioner.config import (  # noqa: E402
     CaptionerRunConfig,
     EncoderRunConfig,
     TrainConfig,
+    ViTConfig,
     load_config,
 )
 from captioner.data.loaders import caption_loader, image_loader  # noqa: E402
@@ -285,13 +286,31 @@ def mae_section(args, device: torch.device) -> list[Row]:
     return rows
 
 
-def captioner_section(args, device: torch.device) -> list[Row]:
+def captioner_preset(args, device: torch.device) -> tuple[CaptionerRunConfig, ViTConfig, str]:
+    """The preset's captioner config with the command line's compile and batch-size overrides, its ViT
+    config and the training precision on ``device``."""
     overrides = [f"train.compile={str(args.compile).lower()}", f"train.compile_mode={args.compile_mode}"]
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
     cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset], overrides)
     vit = load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model
-    precision = resolve_precision(cfg.train.precision, device, training=True)
+    return cfg, vit, resolve_precision(cfg.train.precision, device, training=True)
+
+
+def teacher_forcing_loss_fn(transform, label_smoothing: float):
+    """``loss_fn(model, batch) -> (loss, captions)`` for :func:`train_steps`: the script's step, normalise
+    the unique images, then teacher forcing."""
+
+    def loss_fn(model_, batch):
+        loss = teacher_forcing_loss(model_, transform(batch["images"]), batch["tokens"], batch["image_index"],
+                                    label_smoothing)
+        return loss, batch["tokens"].shape[0]
+
+    return loss_fn
+
+
+def captioner_section(args, device: torch.device) -> list[Row]:
+    cfg, vit, precision = captioner_preset(args, device)
     T, V = CAPTION_SHAPES[args.preset]
     U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
     B = U * CAPTIONS_PER_IMAGE  # captions per step
@@ -304,12 +323,7 @@ def captioner_section(args, device: torch.device) -> list[Row]:
                                (cfg.train.beta1, cfg.train.beta2), device)
     run = make_model_step(model, optimizer, cfg.train, device, precision)
     transform = EvalTransform(vit.image_size)
-
-    def loss_fn(model_, batch):  # the script's step: normalise the unique images, then teacher forcing
-        loss = teacher_forcing_loss(model_, transform(batch["images"]), batch["tokens"], batch["image_index"],
-                                    cfg.label_smoothing)
-        return loss, batch["tokens"].shape[0]
-
+    loss_fn = teacher_forcing_loss_fn(transform, cfg.label_smoothing)
     batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
     peak = peak_tflops(device, args.peak_tflops)
     rows = []
@@ -355,11 +369,7 @@ def lengths_section(args, device: torch.device) -> list[Row]:
     if args.preset != "shapes":
         print("lengths: shapes only (it generates the captions)")
         return []
-    cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS["shapes"],
-                      [f"train.compile={str(args.compile).lower()}", f"train.compile_mode={args.compile_mode}"]
-                      + ([f"data.batch_size={args.batch_size}"] if args.batch_size else []))
-    vit = load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model
-    precision = resolve_precision(cfg.train.precision, device, training=True)
+    cfg, vit, precision = captioner_preset(args, device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         process_coco_main(["--data-dir", tmp, "--n-train", "1000", "--n-val", "1", "--n-test", "1",
@@ -371,15 +381,9 @@ def lengths_section(args, device: torch.device) -> list[Row]:
         optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
                                    (cfg.train.beta1, cfg.train.beta2), device)
         run = make_model_step(model, optimizer, cfg.train, device, precision)
-        transform = EvalTransform(vit.image_size)
+        loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
         unfrozen = train_everything(vit.depth)
         set_trainable(model, unfrozen)
-
-        def loss_fn(model_, batch):
-            loss = teacher_forcing_loss(model_, transform(batch["images"]), batch["tokens"], batch["image_index"],
-                                        cfg.label_smoothing)
-            return loss, batch["tokens"].shape[0]
-
         for name, grouped in (("random batches", False), ("grouped by length", True)):
             loader = caption_loader(processed, "train", cfg.data.batch_size, shuffle=True, seed=0, drop_last=True,
                                     max_len=cfg.data.max_caption_len, group_by_image=True, group_by_length=grouped)
@@ -432,13 +436,8 @@ def precision_section(args, device: torch.device) -> list[Row]:
                              (cap_cfg.train.beta1, cap_cfg.train.beta2), device)
     unfrozen = train_everything(vit.depth)
     set_trainable(captioner, unfrozen)
-    eval_transform = EvalTransform(vit.image_size)
     cap_batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
-
-    def cap_step(model_, batch):
-        loss = teacher_forcing_loss(model_, eval_transform(batch["images"]), batch["tokens"], batch["image_index"],
-                                    cap_cfg.label_smoothing)
-        return loss, batch["tokens"].shape[0]
+    cap_step = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cap_cfg.label_smoothing)
 
     for section, model, optimizer, train, batches, loss_fn, states, per_step, unit in (
             ("mae", mae, mae_opt, mae_cfg.train, mae_batches, mae_step, None, B, "images"),
