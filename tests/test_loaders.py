@@ -255,9 +255,10 @@ def test_group_by_length_sorts_each_window_and_shuffles_whole_blocks():
 
 def test_group_by_length_stays_within_its_window():
     # Two windows of one block each (window_blocks=1): the second window's items never move into the first's
-    # block, however they sort, so the epoch's random cut into windows is kept.
+    # block, however they sort, so the epoch's random cut into windows is kept. Sorted as one window, the
+    # blocks would be the short items {1, 3, 5} and the long ones {0, 2, 4}.
     order = np.array([0, 1, 2, 3, 4, 5])
-    lengths = np.array([9, 9, 9, 1, 1, 1])
+    lengths = np.array([9, 1, 9, 1, 9, 1])
     out = group_by_length(order, lengths, block=3, rng=np.random.default_rng(1), window_blocks=1)
     assert {frozenset(out[:3].tolist()), frozenset(out[3:].tolist())} == {frozenset({0, 1, 2}), frozenset({3, 4, 5})}
 
