@@ -42,8 +42,11 @@ Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cud
 """
 
 import argparse
+import atexit
+import functools
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -369,8 +372,12 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     return rows
 
 
-def shapes_captions(tmp: str, image_size: int) -> Path:
-    """A processed folder of 1000 generated shapes training images and their captions, in ``tmp``."""
+@functools.cache
+def shapes_captions(image_size: int) -> Path:
+    """A processed folder of 1000 generated shapes training images and their captions: generated once per
+    run (the lengths and split sections share it), in a temporary folder removed at exit."""
+    tmp = tempfile.mkdtemp(prefix="bench_shapes_")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
     process_coco_main(["--data-dir", tmp, "--n-train", "1000", "--n-val", "1", "--n-test", "1",
                        "--image-size", str(image_size), "--workers", "1", "--no-progress"])
     return Path(tmp) / "processed"
@@ -401,21 +408,20 @@ def lengths_section(args, device: torch.device) -> list[Row]:
         return []
     cfg, vit, precision = captioner_preset(args, device)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        processed = shapes_captions(tmp, vit.image_size)
-        vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
-        _, _, run, unfrozen = unfrozen_captioner(cfg, vit, vocab, device, precision)
-        loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
-        for name, grouped in (("random batches", False), ("grouped by length", True)):
-            batches = epoch_batches(processed, cfg, device, grouped)
-            real = sum(int((b["tokens"][:, 1:] != PAD_ID).sum()) for b in batches)  # the targets of the loss
-            padded = sum(b["tokens"][:, 1:].numel() for b in batches)
-            captions = sum(b["tokens"].shape[0] for b in batches)
-            run(batches[: args.warmup], loss_fn, unfrozen)
-            seconds = timed(lambda batches=batches: run(batches, loss_fn, unfrozen), device)
-            reference = rows[0].images_per_s if rows else captions / seconds
-            rows.append(Row("lengths", f"unfrozen, {name}: {real / padded:.0%} real", seconds, captions, reference,
-                            None, "captions"))
+    processed = shapes_captions(vit.image_size)
+    vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
+    _, _, run, unfrozen = unfrozen_captioner(cfg, vit, vocab, device, precision)
+    loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
+    for name, grouped in (("random batches", False), ("grouped by length", True)):
+        batches = epoch_batches(processed, cfg, device, grouped)
+        real = sum(int((b["tokens"][:, 1:] != PAD_ID).sum()) for b in batches)  # the targets of the loss
+        padded = sum(b["tokens"][:, 1:].numel() for b in batches)
+        captions = sum(b["tokens"].shape[0] for b in batches)
+        run(batches[: args.warmup], loss_fn, unfrozen)
+        seconds = timed(lambda batches=batches: run(batches, loss_fn, unfrozen), device)
+        reference = rows[0].images_per_s if rows else captions / seconds
+        rows.append(Row("lengths", f"unfrozen, {name}: {real / padded:.0%} real", seconds, captions, reference,
+                        None, "captions"))
     print(f"lengths: one epoch of {len(batches)} batches of {cfg.data.batch_size} shapes captions, encoder "
           f"unfrozen, {precision}, {compile_text(cfg.train)}")
     return rows
@@ -433,11 +439,10 @@ def split_section(args, device: torch.device) -> list[Row]:
         print("split: shapes only (it generates the captions)")
         return []
     cfg, vit, precision = captioner_preset(args, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        processed = shapes_captions(tmp, vit.image_size)
-        vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
-        model, optimizer, run, unfrozen = unfrozen_captioner(cfg, vit, vocab, device, precision)
-        batches = epoch_batches(processed, cfg, device)[: args.warmup + args.steps]
+    processed = shapes_captions(vit.image_size)
+    vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
+    model, optimizer, run, unfrozen = unfrozen_captioner(cfg, vit, vocab, device, precision)
+    batches = epoch_batches(processed, cfg, device)[: args.warmup + args.steps]
     transform = EvalTransform(vit.image_size)
     loss_fn = teacher_forcing_loss_fn(transform, cfg.label_smoothing)
     with torch.no_grad(), autocast(device, precision):
