@@ -26,6 +26,9 @@ Sections (one function each, all returning `Row`s):
   the whole step; each part's share of its time is printed.
 - precision: the MAE step alone and the unfrozen captioner step in fp32 and in bf16 autocast, on the
   same model and batches; ratios against fp32 (what ``train.precision: auto`` gains where it takes bf16).
+- widths (shapes only): the unfrozen captioner step on real shapes batches as in split, with the ViT and
+  the caption decoder at the preset's widths and narrower (``WIDTHS``), and the MAE step at each of those
+  ViT widths; alternated, fastest of three. Ratios are against the preset's widths.
 
 On CUDA each section also prints its peak GPU memory (``torch.cuda.max_memory_allocated``), and the
 MAE section that of the training step alone (what a run needs beside its data).
@@ -38,7 +41,8 @@ excluded from the timings; every timed region ends with a device synchronisation
 Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
                                    [--compile-mode default|reduce-overhead|max-autotune|...]
                                    [--steps 20] [--warmup 5] [--batch-size N] [--workers N]
-                                   [--peak-tflops X] [--profile] [--sections mae,captioner,lengths,split,precision]
+                                   [--peak-tflops X] [--profile]
+                                   [--sections mae,captioner,lengths,split,precision,widths]
 """
 
 import argparse
@@ -50,7 +54,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -402,6 +406,19 @@ def epoch_batches(processed: Path, cfg: CaptionerRunConfig, device: torch.device
     return [{k: batch[k].to(device) for k in ("images", "tokens", "image_index")} for batch in loader]
 
 
+def fastest_alternated(parts: dict, warmup: list, batches: list, device: torch.device, rounds: int = 3) -> dict:
+    """``{name: seconds}``: the fastest of ``rounds`` timings of each ``parts[name](batches)``, each after
+    its own ``parts[name](warmup)``, the parts alternated within each round: this way a drift of the
+    machine's speed (other tenants, clocks) reaches every part alike instead of the last one alone."""
+    best = {}
+    for _ in range(rounds):
+        for name, go in parts.items():
+            go(warmup)
+            seconds = timed(lambda go=go: go(batches), device)
+            best[name] = min(best.get(name, seconds), seconds)
+    return best
+
+
 def lengths_section(args, device: torch.device) -> list[Row]:
     if args.preset != "shapes":
         print("lengths: shapes only (it generates the captions)")
@@ -486,12 +503,7 @@ def split_section(args, device: torch.device) -> list[Row]:
              "encoder forward + backward": alone(encoder_only),
              "decoder + loss forward + backward": alone(decoder_only),
              "clipping + AdamW": lambda bs: [optimizer_only(b) for b in bs]}
-    best = {}
-    for _ in range(3):  # the parts alternated three times, the fastest of each kept: the machine's speed drifts
-        for name, go in parts.items():
-            go(batches[: args.warmup])
-            seconds = timed(lambda go=go: go(batches[args.warmup :]), device)
-            best[name] = min(best.get(name, seconds), seconds)
+    best = fastest_alternated(parts, batches[: args.warmup], batches[args.warmup :], device)
     rows = [Row("split", f"unfrozen, {name}", best[name], captions, captions / best["whole step"], None, "captions")
             for name in parts]
     whole = rows[0].seconds
@@ -500,6 +512,31 @@ def split_section(args, device: torch.device) -> list[Row]:
     print(f"split: {args.steps} batches of {cfg.data.batch_size} real shapes captions, encoder unfrozen, {precision}; "
           f"shares of the whole step's time: {shares}; unaccounted (by subtraction) {rest:.0%}")
     return rows
+
+
+def mae_model(cfg: EncoderRunConfig, device: torch.device):
+    """(model, optimizer): a MaskedAutoencoder of ``cfg`` (seeded) and its AdamW, as train_encoder.py builds them."""
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)
+    optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
+                               (cfg.train.beta1, cfg.train.beta2), device)
+    return model, optimizer
+
+
+def mae_batches_and_loss(cfg: EncoderRunConfig, num_patches: int, device: torch.device):
+    """(batches, loss_fn): four MAE batches of synthetic uint8 images of ``cfg``'s size, transformed once,
+    each with its masking noise, and ``loss_fn(model, batch) -> (loss, images)`` for :func:`train_steps`."""
+    B, size = cfg.data.batch_size, cfg.model.image_size
+    transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
+    generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
+    pixels = torch.randint(0, 256, (4, B, 3, size, size), dtype=torch.uint8, device=device)
+    batches = [{"images": transform(p, generator),
+                "noise": torch.rand(B, num_patches, generator=generator, device=device)} for p in pixels]
+
+    def loss_fn(model_, batch):
+        return model_(batch["images"], noise=batch["noise"])[0], B
+
+    return batches, loss_fn
 
 
 def precision_section(args, device: torch.device) -> list[Row]:
@@ -516,19 +553,9 @@ def precision_section(args, device: torch.device) -> list[Row]:
     mae_cfg = load_config(EncoderRunConfig, PRESETS[args.preset])
     cap_cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset])
     vit = load_config(EncoderRunConfig, ROOT / cap_cfg.encoder_config).model
-    torch.manual_seed(0)
-    B, size = mae_cfg.data.batch_size, mae_cfg.model.image_size
-    mae = MaskedAutoencoder(mae_cfg.model, mae_cfg.mae).to(device)
-    mae_opt = make_optimizer(param_groups(mae.named_parameters(), mae_cfg.train.weight_decay), mae_cfg.train.lr,
-                             (mae_cfg.train.beta1, mae_cfg.train.beta2), device)
-    transform = MAETrainTransform(size, scale=(mae_cfg.augment.crop_scale_min, 1.0), flip=mae_cfg.augment.flip)
-    generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
-    pixels = torch.randint(0, 256, (4, B, 3, size, size), dtype=torch.uint8, device=device)
-    mae_batches = [{"images": transform(p, generator),
-                    "noise": torch.rand(B, mae.num_patches, generator=generator, device=device)} for p in pixels]
-
-    def mae_step(model_, batch):
-        return model_(batch["images"], noise=batch["noise"])[0], B
+    B = mae_cfg.data.batch_size
+    mae, mae_opt = mae_model(mae_cfg, device)
+    mae_batches, mae_step = mae_batches_and_loss(mae_cfg, mae.num_patches, device)
 
     T, V = CAPTION_SHAPES[args.preset]
     U = max(1, cap_cfg.data.batch_size // CAPTIONS_PER_IMAGE)
@@ -558,8 +585,60 @@ def precision_section(args, device: torch.device) -> list[Row]:
     return rows
 
 
+# (ViT width, caption decoder width) besides the preset's; None = the preset's width
+WIDTHS = ((96, 96), (64, 64), (None, 64), (96, None), (64, None))
+
+
+def widths_section(args, device: torch.device) -> list[Row]:
+    """What a narrower model saves: the unfrozen captioner step on real shapes batches (as in split) with
+    the ViT and the caption decoder at the preset's widths and at those of ``WIDTHS``, and the MAE step
+    (synthetic images, as in precision) at each of those ViT widths (the MAE decoder no wider than the
+    ViT). Each model is seeded alike; the captioners are timed alternated, then the MAE models, three
+    rounds each, the fastest kept. Ratios are against the preset's widths. What a narrower model costs in
+    learning is in docs/results.md."""
+    if args.preset != "shapes":
+        print("widths: shapes only (it generates the captions)")
+        return []
+    cfg, vit, precision = captioner_preset(args, device)
+    processed = shapes_captions(vit.image_size)
+    vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
+    batches = epoch_batches(processed, cfg, device)[: args.warmup + args.steps]
+    captions = sum(b["tokens"].shape[0] for b in batches[args.warmup :])
+    loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
+    pairs = [(vit.width, cfg.decoder.width)] + [(w or vit.width, d or cfg.decoder.width) for w, d in WIDTHS]
+    steps = {}
+    for w, d in pairs:
+        narrow = replace(cfg, decoder=replace(cfg.decoder, width=d))
+        _, _, run, unfrozen = unfrozen_captioner(narrow, replace(vit, width=w), vocab, device, precision)
+        steps[f"captioner unfrozen, ViT {w} / decoder {d}"] = (
+            lambda bs, run=run, unfrozen=unfrozen: run(bs, loss_fn, unfrozen))
+    best = fastest_alternated(steps, batches[: args.warmup], batches[args.warmup :], device)
+    reference = captions / best[next(iter(steps))]
+    rows = [Row("widths", name, seconds, captions, reference, None, "captions") for name, seconds in best.items()]
+
+    mae_cfg = load_config(EncoderRunConfig, PRESETS[args.preset])
+    steps = {}
+    for w in dict.fromkeys(w for w, _ in pairs):  # each ViT width once, the preset's first
+        narrow = replace(mae_cfg, model=replace(mae_cfg.model, width=w),
+                         mae=replace(mae_cfg.mae, decoder_width=min(w, mae_cfg.mae.decoder_width)))
+        model, optimizer = mae_model(narrow, device)
+        steps[f"MAE step, ViT {w} / MAE decoder {narrow.mae.decoder_width}"] = make_model_step(
+            model, optimizer, narrow.train, device, precision)
+    # the same images and masking noise for every width (the patch grid does not depend on it)
+    mae_batches, mae_loss_fn = mae_batches_and_loss(mae_cfg, model.num_patches, device)
+    steps = {name: lambda bs, run=run: run(bs, mae_loss_fn) for name, run in steps.items()}
+    best = fastest_alternated(steps, [mae_batches[i % 4] for i in range(args.warmup)],
+                              [mae_batches[i % 4] for i in range(args.steps)], device)
+    images = args.steps * mae_cfg.data.batch_size
+    reference = images / best[next(iter(steps))]
+    rows += [Row("widths", name, seconds, images, reference) for name, seconds in best.items()]
+    print(f"widths: {args.steps} batches of {cfg.data.batch_size} real shapes captions (encoder unfrozen) and "
+          f"{args.steps} MAE batches of {mae_cfg.data.batch_size} images, {precision}, alternated, fastest of 3")
+    return rows
+
+
 SECTIONS = {"mae": mae_section, "captioner": captioner_section, "lengths": lengths_section,
-            "split": split_section, "precision": precision_section}
+            "split": split_section, "precision": precision_section, "widths": widths_section}
 
 
 def print_profile(fn, device: torch.device) -> None:
