@@ -387,6 +387,15 @@ def shapes_captions(image_size: int) -> Path:
     return Path(tmp) / "processed"
 
 
+def shapes_captioner_setup(args, device: torch.device):
+    """(cfg, vit, precision, processed, vocab) of the sections on real shapes captions: the captioner
+    preset as :func:`captioner_preset` gives it, the generated folder of :func:`shapes_captions` and the
+    size of its tokenizer's vocabulary."""
+    cfg, vit, precision = captioner_preset(args, device)
+    processed = shapes_captions(vit.image_size)
+    return cfg, vit, precision, processed, load_tokenizer(processed / "tokenizer.txt").vocab_size
+
+
 def unfrozen_captioner(cfg: CaptionerRunConfig, vit: ViTConfig, vocab: int, device: torch.device, precision: str):
     """The preset's captioner with every encoder layer training: (model, optimizer, run, states), ``run``
     its training steps (see :func:`make_model_step`), ``states`` the unfreeze states."""
@@ -423,10 +432,8 @@ def lengths_section(args, device: torch.device) -> list[Row]:
     if args.preset != "shapes":
         print("lengths: shapes only (it generates the captions)")
         return []
-    cfg, vit, precision = captioner_preset(args, device)
+    cfg, vit, precision, processed, vocab = shapes_captioner_setup(args, device)
     rows = []
-    processed = shapes_captions(vit.image_size)
-    vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
     _, _, run, unfrozen = unfrozen_captioner(cfg, vit, vocab, device, precision)
     loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
     for name, grouped in (("random batches", False), ("grouped by length", True)):
@@ -455,9 +462,7 @@ def split_section(args, device: torch.device) -> list[Row]:
     if args.preset != "shapes":
         print("split: shapes only (it generates the captions)")
         return []
-    cfg, vit, precision = captioner_preset(args, device)
-    processed = shapes_captions(vit.image_size)
-    vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
+    cfg, vit, precision, processed, vocab = shapes_captioner_setup(args, device)
     model, optimizer, run, unfrozen = unfrozen_captioner(cfg, vit, vocab, device, precision)
     batches = epoch_batches(processed, cfg, device)[: args.warmup + args.steps]
     transform = EvalTransform(vit.image_size)
@@ -599,9 +604,7 @@ def widths_section(args, device: torch.device) -> list[Row]:
     if args.preset != "shapes":
         print("widths: shapes only (it generates the captions)")
         return []
-    cfg, vit, precision = captioner_preset(args, device)
-    processed = shapes_captions(vit.image_size)
-    vocab = load_tokenizer(processed / "tokenizer.txt").vocab_size
+    cfg, vit, precision, processed, vocab = shapes_captioner_setup(args, device)
     batches = epoch_batches(processed, cfg, device)[: args.warmup + args.steps]
     captions = sum(b["tokens"].shape[0] for b in batches[args.warmup :])
     loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
