@@ -219,33 +219,31 @@ def compile_text(train: TrainConfig) -> str:
     return f"compile {train.compile}" + (f" ({train.compile_mode})" if train.compile else "")
 
 
-def mae_section(args, device: torch.device) -> list[Row]:
+def mae_preset(args, device: torch.device) -> tuple[EncoderRunConfig, str]:
+    """The preset's MAE config with the command line's compile and batch-size overrides, and its training
+    precision on ``device``."""
     overrides = [f"train.compile={str(args.compile).lower()}", f"train.compile_mode={args.compile_mode}"]
     if args.batch_size:
         overrides.append(f"data.batch_size={args.batch_size}")
     cfg = load_config(EncoderRunConfig, PRESETS[args.preset], overrides)
-    precision = resolve_precision(cfg.train.precision, device, training=True)
+    return cfg, resolve_precision(cfg.train.precision, device, training=True)
+
+
+def mae_section(args, device: torch.device) -> list[Row]:
+    cfg, precision = mae_preset(args, device)
     B, size = cfg.data.batch_size, cfg.model.image_size
     workers = cfg.data.num_workers if args.workers is None else args.workers
     print(f"MAE preset {args.preset}: {size} px, batch {B}, {precision}, {compile_text(cfg.train)}, "
           f"{workers} loader workers, {args.warmup} warm-up + {args.steps} timed steps")
 
-    torch.manual_seed(0)
-    model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)
-    optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
-                               (cfg.train.beta1, cfg.train.beta2), device)
+    model, optimizer = mae_model(cfg, device)
     run = make_model_step(model, optimizer, cfg.train, device, precision)
-    transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
-    generator = seeded_generator(device, 0, TRAIN_STREAM, 0)
     L = model.num_patches
-
     # The training step alone: a few distinct batches already on the device, transformed once.
-    pixels = torch.randint(0, 256, (4, B, 3, size, size), dtype=torch.uint8, device=device)
-    ready = [{"images": transform(p, generator), "noise": torch.rand(B, L, generator=generator, device=device)}
-             for p in pixels]
-
-    def step_only(model_, batch):
-        return model_(batch["images"], noise=batch["noise"])[0], B
+    ready, step_only = mae_batches_and_loss(cfg, L, device)
+    # the real loop's transform and generator, for the data rows below
+    transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
+    generator = seeded_generator(device, 0, TRAIN_STREAM, 1)
 
     run([ready[i % 4] for i in range(args.warmup)], step_only)
     step_s = timed(lambda: run([ready[i % 4] for i in range(args.steps)], step_only), device)
@@ -619,14 +617,14 @@ def widths_section(args, device: torch.device) -> list[Row]:
     reference = captions / best[next(iter(steps))]
     rows = [Row("widths", name, seconds, captions, reference, None, "captions") for name, seconds in best.items()]
 
-    mae_cfg = load_config(EncoderRunConfig, PRESETS[args.preset])
+    mae_cfg, mae_precision = mae_preset(args, device)
     steps = {}
     for w in dict.fromkeys(w for w, _ in pairs):  # each ViT width once, the preset's first
         narrow = replace(mae_cfg, model=replace(mae_cfg.model, width=w),
                          mae=replace(mae_cfg.mae, decoder_width=min(w, mae_cfg.mae.decoder_width)))
         model, optimizer = mae_model(narrow, device)
         steps[f"MAE step, ViT {w} / MAE decoder {narrow.mae.decoder_width}"] = make_model_step(
-            model, optimizer, narrow.train, device, precision)
+            model, optimizer, narrow.train, device, mae_precision)
     # the same images and masking noise for every width (the patch grid does not depend on it)
     mae_batches, mae_loss_fn = mae_batches_and_loss(mae_cfg, model.num_patches, device)
     steps = {name: lambda bs, run=run: run(bs, mae_loss_fn) for name, run in steps.items()}
@@ -635,8 +633,9 @@ def widths_section(args, device: torch.device) -> list[Row]:
     images = args.steps * mae_cfg.data.batch_size
     reference = images / best[next(iter(steps))]
     rows += [Row("widths", name, seconds, images, reference) for name, seconds in best.items()]
-    print(f"widths: {args.steps} batches of {cfg.data.batch_size} real shapes captions (encoder unfrozen) and "
-          f"{args.steps} MAE batches of {mae_cfg.data.batch_size} images, {precision}, alternated, fastest of 3")
+    print(f"widths: {args.steps} batches of {cfg.data.batch_size} real shapes captions (encoder unfrozen, "
+          f"{precision}) and {args.steps} MAE batches of {mae_cfg.data.batch_size} images ({mae_precision}), "
+          f"alternated, fastest of 3")
     return rows
 
 
