@@ -326,11 +326,7 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     print(f"captioner preset {args.preset}: {vit.image_size} px, {B} captions of {T} tokens from {U} images per step, "
           f"vocabulary {V}, {precision}, {compile_text(cfg.train)}, {args.warmup} warm-up + {args.steps} timed steps")
 
-    torch.manual_seed(0)
-    model = build_captioner(vit, cfg.decoder, V, max(T, cfg.data.max_caption_len)).to(device)
-    optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
-                               (cfg.train.beta1, cfg.train.beta2), device)
-    run = make_model_step(model, optimizer, cfg.train, device, precision)
+    model, optimizer, run, unfrozen = unfrozen_captioner(cfg, vit, V, device, precision)  # T <= max_caption_len
     transform = EvalTransform(vit.image_size)
     loss_fn = teacher_forcing_loss_fn(transform, cfg.label_smoothing)
     batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
@@ -338,7 +334,6 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     rows = []
     # epoch 0 of a schedule starting at epoch 1: the whole encoder frozen; then everything trains
     frozen = unfreeze_schedule(vit.depth, 0, start_epoch=1, decay=cfg.unfreeze.decay)
-    unfrozen = train_everything(vit.depth)
     for name, states in (("encoder frozen", frozen), ("encoder unfrozen", unfrozen)):
         set_trainable(model, states)
         with FlopCounterMode(display=False) as counter:  # one forward + backward of the uncompiled model
@@ -562,11 +557,7 @@ def precision_section(args, device: torch.device) -> list[Row]:
 
     T, V = CAPTION_SHAPES[args.preset]
     U = max(1, cap_cfg.data.batch_size // CAPTIONS_PER_IMAGE)
-    captioner = build_captioner(vit, cap_cfg.decoder, V, max(T, cap_cfg.data.max_caption_len)).to(device)
-    cap_opt = make_optimizer(unfreeze_param_groups(captioner, cap_cfg.train.weight_decay), cap_cfg.train.lr,
-                             (cap_cfg.train.beta1, cap_cfg.train.beta2), device)
-    unfrozen = train_everything(vit.depth)
-    set_trainable(captioner, unfrozen)
+    captioner, cap_opt, _, unfrozen = unfrozen_captioner(cap_cfg, vit, V, device, "fp32")  # T <= max_caption_len
     cap_batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
     cap_step = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cap_cfg.label_smoothing)
 
@@ -574,13 +565,10 @@ def precision_section(args, device: torch.device) -> list[Row]:
             ("mae", mae, mae_opt, mae_cfg.train, mae_batches, mae_step, None, B, "images"),
             ("captioner", captioner, cap_opt, cap_cfg.train, cap_batches, cap_step, unfrozen,
              U * CAPTIONS_PER_IMAGE, "captions")):
-        best = {}
-        for _ in range(2):
-            for precision in ("fp32", "bf16"):
-                run = make_model_step(model, optimizer, train, device, precision)
-                run([batches[i % 4] for i in range(args.warmup)], loss_fn, states)
-                seconds = timed(lambda: run([batches[i % 4] for i in range(args.steps)], loss_fn, states), device)
-                best[precision] = min(best.get(precision, seconds), seconds)
+        parts = {precision: lambda bs, run=make_model_step(model, optimizer, train, device, precision):
+                 run(bs, loss_fn, states) for precision in ("fp32", "bf16")}
+        best = fastest_alternated(parts, [batches[i % 4] for i in range(args.warmup)],
+                                  [batches[i % 4] for i in range(args.steps)], device, rounds=2)
         reference = args.steps * per_step / best["fp32"]
         for precision in ("fp32", "bf16"):
             name = f"{section} step, {precision}" + (", encoder unfrozen" if section == "captioner" else "")
