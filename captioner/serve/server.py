@@ -361,7 +361,8 @@ class CaptionRequestHandler(BaseHTTPRequestHandler):
         except OSError as e:  # the client went away; nothing to answer
             note = f"{note} (not delivered: {type(e).__name__})"
         seconds = time.perf_counter() - self.started
-        self.server.write_log(f"{self.client_address[0]} {self.command} {printable(getattr(self, 'path', ''))} {status} "
+        path = printable(getattr(self, "path", ""))  # none when the request line was unreadable
+        self.server.write_log(f"{self.client_address[0]} {self.command} {path} {status} "
                               f"{len(body)} B {seconds:.3f} s {printable(note, 160)}")
 
     def log_request(self, code="-", size="-") -> None:
