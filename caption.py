@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Caption image files and folders with a trained captioner (the K best captions with their "
                     "scores, JSON output, per-word attention pictures), or serve a web page that captions "
-                    "uploaded pictures and shows where the model looked for each word.",
+                    "uploaded pictures and shows where the model looked for each word. With a retrieval "
+                    "checkpoint: the K nearest training captions and their similarities. See docs/serving.md.",
         epilog="examples: python caption.py -c runs/shapes_captioner/checkpoint_best.pt photo.png folder/ --top 3; "
                "python caption.py -c runs/shapes_captioner/checkpoint_best.pt --serve",
     )
@@ -103,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     web.add_argument("--serve", action="store_true", help="serve the web page instead of captioning paths")
     web.add_argument("--host", default="127.0.0.1",
                      help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 opens it to "
-                          "the network)")
+                          "the network: connections, request time and decoding are bounded, docs/serving.md#memory)")
     web.add_argument("--port", type=int, default=8000, help="port (default: %(default)s; 0 = any free port)")
     web.add_argument("--max-upload-mb", type=float, default=MAX_UPLOAD_BYTES / 2**20,
                      help="largest upload accepted, in MiB (default: %(default)g)")
