@@ -223,7 +223,7 @@ def serve(captioner: ImageCaptioner | CaptionRetriever, args) -> None:
     except ValueError:
         pass
     if isinstance(captioner, CaptionRetriever):
-        what = f"the {captioner.bank_size} training captions nearest to a picture ({captioner.beam_size} by default)"
+        what = f"retrieval from {captioner.bank_size} training captions ({captioner.beam_size} shown by default)"
     else:
         what = f"the captioner (beam {captioner.beam_size}, alpha {captioner.alpha:g})"
     print(f"serving {what} on {server.url} ({captioner.device}); Ctrl-C stops", flush=True)
