@@ -45,13 +45,18 @@ def resolve_run_config(args: argparse.Namespace, cls: type[C], kind: str) -> tup
 EXPECTED_ERRORS = (ConfigError, CheckpointError, NonFiniteLossError, FileNotFoundError, ValueError)
 
 
-def run_script(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run ``main(argv)``; print expected errors as one line on stderr and exit with status 2."""
+TRAINING_INTERRUPTED = "interrupted: the last checkpoint written is complete; resume with -c"
+
+
+def run_script(main: Callable[[list[str] | None], object], argv: list[str] | None = None,
+               interrupted: str = TRAINING_INTERRUPTED) -> None:
+    """Run ``main(argv)``; print expected errors as one line on stderr and exit with status 2, and on
+    Ctrl-C print ``interrupted`` (the training scripts' default says how to resume) and exit with 130."""
     try:
         main(argv)
     except EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted: the last checkpoint written is complete; resume with -c", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)

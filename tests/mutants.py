@@ -209,6 +209,18 @@ MUTANTS = [
     mutant("wit-base64-not-validated", "captioner/data/wit.py",
            'base64.b64decode(record.get("b64_bytes") or "", validate=True)',
            'base64.b64decode(record.get("b64_bytes") or "")', ["tests/test_wit.py"]),
+    # caption.py with a retrieval checkpoint: the bank of training captions, and the server's bounds
+    mutant("caption-bank-keeps-repeats", "captioner/evaluation/caption_bank.py",
+           "captions, pairs = list(first), np.fromiter(first.values(), dtype=np.int64, count=len(first))",
+           "captions, pairs = record_captions, np.arange(len(record_captions))",
+           ["tests/test_caption_serving.py"], "a caption said twice fills two of the K places"),
+    mutant("caption-bank-image-not-preprocessed", "captioner/evaluation/caption_bank.py",
+           "self.model.encode_images(self.transform(pixels.to(self.device)))",
+           "self.model.encode_images(pixels.to(self.device).float())", ["tests/test_caption_serving.py"]),
+    mutant("caption-bank-stale-cache-used", "captioner/evaluation/caption_bank.py",
+           'if payload.get("stamp") != stamp or', "if", ["tests/test_caption_serving.py"]),
+    mutant("server-decodes-unbounded", "captioner/serve/server.py", "        with self.decode_slots:",
+           "        if True:", ["tests/test_caption_serving.py"]),
     # The overlapping patch embedding, the LSTMs (checked by hand on 2026-12-01, then recorded here)
     mutant("mae-overlap-sees-hidden-pixels", "captioner/models/mae.py",
            "        if self.encoder.patch_embed.overlap:", "        if False:", ["tests/test_mae.py"]),

@@ -237,9 +237,9 @@ def test_cuda_gives_the_cpu_captions(checkpoint, pictures):
 class Server:
     """A CaptionServer on 127.0.0.1 at a free port, serving in a thread, with its log in memory."""
 
-    def __init__(self, captioner):
+    def __init__(self, captioner, **bounds):
         self.log = io.StringIO()
-        self.httpd = CaptionServer(captioner, "127.0.0.1", 0, max_upload_bytes=UPLOAD_LIMIT, log=self.log)
+        self.httpd = CaptionServer(captioner, "127.0.0.1", 0, max_upload_bytes=UPLOAD_LIMIT, log=self.log, **bounds)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
@@ -411,7 +411,8 @@ def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(server, mon
     stalled = server.raw(partial, hang_up=False)  # the client stops sending but keeps the connection open
     assert stalled.startswith(b"HTTP/1.0 408 ") and b"did not arrive within 0.5 s" in stalled
     monkeypatch.undo()
-    assert b"Error code: 400" in server.raw(b"GET / NOT-HTTP\r\n\r\n")  # refused by http.server itself
+    not_http = server.raw(b"GET / NOT-HTTP\r\n\r\n")  # refused by http.server itself, in JSON too
+    assert not_http.startswith(b"HTTP/1.0 400 ") and b'{"error": "Bad request version' in not_http
     assert upload(server, good)[0] == 200
 
     # one log line per request: client, method, path, status, size, time, and the caption or the error
@@ -427,6 +428,25 @@ def test_every_bad_request_gets_its_4xx_and_the_server_keeps_serving(server, mon
     assert sum(" POST /caption 200 " in line for line in lines) == len(cases) + 1
 
 
+def counting_threads(function, most: list[int], pause_s: float = 0.01):
+    """``function`` wrapped so that ``most[0]`` records the most threads ever inside it at once (each
+    call pauses ``pause_s`` first, so that overlapping calls do overlap)."""
+    inside, guard = [0], threading.Lock()
+
+    def counted(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(pause_s)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    return counted
+
+
 def test_twenty_concurrent_uploads_get_the_captions_of_one_by_one(server):
     colours = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (200, 200, 30), (20, 20, 20)]
     images = [png_bytes(colours[i % len(colours)]) for i in range(20)]
@@ -434,21 +454,8 @@ def test_twenty_concurrent_uploads_get_the_captions_of_one_by_one(server):
     assert all(status == 200 for status, _ in one_by_one)
 
     captioner = server.httpd.captioner
-    running, most, guard = [0], [0], threading.Lock()
-    real_caption = captioner.caption
-
-    def counting_caption(*args, **kwargs):  # how many threads are inside the model at once
-        with guard:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.01)
-        try:
-            return real_caption(*args, **kwargs)
-        finally:
-            with guard:
-                running[0] -= 1
-
-    captioner.caption = counting_caption
+    most = [0]
+    captioner.caption = counting_threads(captioner.caption, most)
     try:
         with ThreadPoolExecutor(20) as pool:
             together = list(pool.map(lambda image: upload(server, image), images))

@@ -29,8 +29,16 @@ def load_and_resize(path: str | Path, size: int) -> np.ndarray:
 
     Raises BadImageError (from ``captioner.data.image_io``) for anything that is not a usable image.
     """
+    return load_resize_and_kept(path, size)[0]
+
+
+def load_resize_and_kept(path: str | Path, size: int) -> tuple[np.ndarray, float]:
+    """:func:`load_and_resize`, and the share of the picture's longer side that the centre crop kept
+    (1.0 for a square picture; 0.75 for 640 x 480: an eighth cut away at each side)."""
     # draft_size lets a JPEG at least twice as large as ``size`` decode directly at 1/2..1/8 scale.
-    return resize_and_center_crop(load_image_rgb(path, draft_size=size), size)
+    image = load_image_rgb(path, draft_size=size)
+    width, height = image.size
+    return resize_and_center_crop(image, size), min(width, height) / max(width, height)
 
 
 def _resize_rows(array: np.ndarray, start: int, paths: list[str], size: int) -> list[tuple[int, str, str]]:

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from captioner.config import CaptionerRunConfig, config_from_dict
-from captioner.data.image_cache import load_and_resize
+from captioner.data.image_cache import load_resize_and_kept
 from captioner.data.image_io import BadImageError
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.attention_maps import word_attention
@@ -77,8 +77,9 @@ def cache_size_of(processed_dir: str | Path) -> int | None:
     return size if isinstance(size, int) and size > 0 else None
 
 
-def load_image_bytes(data: bytes, size: int, name: str = "upload") -> np.ndarray:
-    """An uploaded image, decoded by the same loader as files: (size, size, 3) uint8.
+def load_image_bytes(data: bytes, size: int, name: str = "upload") -> tuple[np.ndarray, float]:
+    """An uploaded image, decoded by the same loader as files: (size, size, 3) uint8, and the share of
+    its longer side that the centre crop kept (:func:`~captioner.data.image_cache.load_resize_and_kept`).
 
     The loader reads files, so the bytes go to a private temporary file (its name is ours, never
     the uploader's) that is removed at once. Raises BadImageError naming ``name``, not that file.
@@ -87,14 +88,39 @@ def load_image_bytes(data: bytes, size: int, name: str = "upload") -> np.ndarray
     try:
         with os.fdopen(handle, "wb") as f:
             f.write(data)
-        return load_and_resize(temporary, size)
+        return load_resize_and_kept(temporary, size)
     except BadImageError as e:  # Pillow's own messages may quote the file: name the upload instead
         raise BadImageError(name, e.reason.replace(temporary, name)) from None
     finally:
         os.unlink(temporary)
 
 
-class ImageCaptioner:
+def crop_note(kept: float) -> str | None:
+    """What the centre crop cut away, for a picture that is not square (None when nothing was cut).
+
+    >>> crop_note(0.75)
+    'the centre crop kept the middle 75 % of the longer side'
+    """
+    if kept > 0.995:  # less than half a percent: a pixel or two
+        return None
+    return f"the centre crop kept the middle {100 * kept:.0f} % of the longer side"
+
+
+class OwnImageLoader:
+    """Reading an image file as the model's training cache held it, at ``self.image_size``."""
+
+    image_size: int
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """An image file as the cache would hold it: (S, S, 3) uint8. Raises BadImageError."""
+        return self.load_with_crop(path)[0]
+
+    def load_with_crop(self, path: str | Path) -> tuple[np.ndarray, float]:
+        """:meth:`load`, and the share of the longer side the centre crop kept (see :func:`crop_note`)."""
+        return load_resize_and_kept(path, self.image_size)
+
+
+class ImageCaptioner(OwnImageLoader):
     """A loaded captioner with its tokenizer, preprocessing and default search settings.
 
     ``image_size`` is the cache size images are first resized and cropped to (see the module
@@ -125,10 +151,6 @@ class ImageCaptioner:
                    cfg.eval.beam_size if beam_size is None else beam_size,
                    cfg.eval.alpha if alpha is None else alpha,
                    cfg.eval.max_len if max_len is None else max_len)
-
-    def load(self, path: str | Path) -> np.ndarray:
-        """An image file as the cache would hold it: (S, S, 3) uint8. Raises BadImageError."""
-        return load_and_resize(path, self.image_size)
 
     @torch.no_grad()
     def caption(self, images: Sequence[np.ndarray], beam_size: int | None = None, alpha: float | None = None,

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from email.message import Message
 
@@ -111,6 +112,24 @@ def parse_beam(value, max_beam: int) -> int | None:
     return beam
 
 
+MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+")  # type/subtype, RFC 9110 tokens
+
+
+def media_type(content_type: str) -> str:
+    """The ``type/subtype`` of a Content-Type, lower case; RequestError(415) when it has none.
+
+    (``email.message`` would read a malformed value as ``text/plain``, its default.)
+
+    >>> media_type("Multipart/Form-Data; boundary=XyZ")
+    'multipart/form-data'
+    """
+    kind = content_type.split(";", 1)[0].strip()
+    if not MEDIA_TYPE.fullmatch(kind):
+        raise RequestError(415, f"malformed Content-Type {printable(content_type, 60)!r}: send multipart/form-data "
+                                "or application/json")
+    return kind.lower()
+
+
 def parse_upload(content_type: str | None, body: bytes, max_beam: int) -> Upload:
     """The upload in a ``POST /caption`` body of the given Content-Type (see the module docstring).
 
@@ -118,8 +137,8 @@ def parse_upload(content_type: str | None, body: bytes, max_beam: int) -> Upload
     """
     if not content_type:
         raise RequestError(400, "missing Content-Type: send multipart/form-data or application/json")
+    kind = media_type(content_type)
     header = header_params("Content-Type", content_type)
-    kind = header.get_content_type()
     if kind == "multipart/form-data":
         boundary = header.get_param("boundary")
         if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70:
@@ -136,6 +155,8 @@ def parse_upload(content_type: str | None, body: bytes, max_beam: int) -> Upload
             document = json.loads(body)
         except (UnicodeDecodeError, ValueError) as e:
             raise RequestError(400, f"malformed JSON body ({e})") from None
+        except RecursionError:  # json.loads recurses once per level: [[[[...]]]] in a few MB is too deep
+            raise RequestError(400, "malformed JSON body: nested too deeply") from None
         if not isinstance(document, dict) or not isinstance(document.get("image"), str):
             raise RequestError(400, 'the JSON body must be an object {"image": "<base64 of the file>", "beam": N}')
         try:
