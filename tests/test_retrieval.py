@@ -14,7 +14,14 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import process_coco
 import train_retrieval
 from captioner.config import EncoderRunConfig, MAEConfig, TextEncoderConfig, ViTConfig, config_to_dict
-from captioner.evaluation.retrieval import random_recall, recall_at_k, relevant_counts, top_k_search
+from captioner.data.processed import read_split
+from captioner.evaluation.retrieval import (
+    embed_split,
+    random_recall,
+    recall_at_k,
+    relevant_counts,
+    top_k_search,
+)
 from captioner.models.dual_encoder import DualEncoder
 from captioner.models.mae import MaskedAutoencoder
 from captioner.training.checkpoints import save_checkpoint
@@ -274,6 +281,28 @@ def test_pretrained_image_tower_comes_from_the_mae_checkpoint(workdir):
     run(workdir, "mae", "-p", str(workdir / "mae.pt"), "--set", "train.epochs=1")
     payload = torch.load(workdir / "mae" / "checkpoint1.pt", weights_only=True)
     assert payload["pretrained"] == str(workdir / "mae.pt") and payload["vit"]["width"] == VIT.width
+
+
+class PixelsAndTokens(torch.nn.Module):
+    """A stand-in dual encoder: an image's "embedding" is its mean pixel, a caption's its padded tokens."""
+
+    def forward(self, images, tokens):
+        return images.mean((1, 2, 3))[:, None], torch.nn.functional.pad(tokens.float(), (0, 30 - tokens.shape[1]))
+
+
+def test_embed_split_maps_each_caption_to_its_image_across_batches(workdir):
+    processed = workdir / "data" / "processed"
+    record, cache = read_split(processed, "val")
+    counts = [len(tokens) for tokens in record["tokens"]]
+    # 4 images, 2 per batch of 8 captions: the second batch's image_index counts from 0 again
+    image_emb, text_emb, owner, text = embed_split(PixelsAndTokens(), processed, "val", lambda x: x.float(),
+                                                   torch.device("cpu"), "fp32", batch_size=8, max_len=24)
+    assert owner.tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
+    assert image_emb[:, 0].tolist() == pytest.approx(cache.reshape(4, -1).astype("float64").mean(1).tolist())
+    captions = [tuple(ids) for tokens in record["tokens"] for ids in tokens]  # the split's order
+    ids = text.tolist()
+    assert [captions.index(c) for c in captions] == [ids.index(t) for t in ids]  # the same text, the same id
+    assert text_emb[:, 1].tolist() == [c[0] for c in captions]  # row j is caption j (its first word)
 
 
 def test_a_split_with_fewer_captions_than_k_still_gets_its_results(workdir, tmp_path):

@@ -68,7 +68,7 @@ def recall_at_k(image_emb: Tensor, text_emb: Tensor, caption_image: Tensor, capt
     """Recall@K both ways: ``{"i2t_R@1": ..., "t2i_R@1": ..., ...}`` in [0, 1].
 
     image_emb (N, E), text_emb (M, E) unit vectors; caption_image (M,) long, the image row of each caption;
-    caption_text (M,) long, equal for captions of the same text (:func:`text_ids`; None: all different).
+    caption_text (M,) long, equal for captions of the same text (:func:`embed_split`'s; None: all different).
     A caption is a hit for an image when its text is that of one of the image's own captions.
     """
     K = max(ks)
