@@ -19,12 +19,13 @@ once and its embedding gathered for each of its captions.
 Each epoch: Recall@1/5/10 image -> text and text -> image on the validation split, a line in
 ``log.jsonl``, ``curves.png`` and ``checkpoint{N}.pt``. After the last epoch: Recall@K on every split
 of ``eval.splits`` beside the random baseline (also in ``results.json``), and ``retrieval.png``: the
-first validation images with their top retrieved captions from the validation captions, the true
-ones marked.
+first validation images with their top retrieved captions from the validation captions, the hits
+marked (a caption with the text of one of the image's own captions, Recall@K's rule).
 
 The training step is written out in ``main``, in numbered sections: 5a the learning rate of the
-step, 5b the forward pass and the loss under autocast, 5c backward, clipping and the optimiser step,
-5d the log line; then 6 validation and 7 the checkpoint; 8 the final evaluation.
+step, 5b the forward pass and the loss under autocast, 5c backward, clipping, the optimiser step and
+the cap on the learned inverse temperature, 5d the log line; then 6 validation and 7 the checkpoint;
+8 the final evaluation.
 
 Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the negatives of the
 cosine loss come from a generator seeded with ``(seed, e)``, the learning rate is a function of the
@@ -51,7 +52,14 @@ from captioner.data.loaders import caption_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.pictures import picture_scale, retrieval_figure, save_png
-from captioner.evaluation.retrieval import RECALL_KS, embed_split, random_recall, recall_at_k, top_k_search
+from captioner.evaluation.retrieval import (
+    RECALL_KS,
+    embed_split,
+    random_recall,
+    recall_at_k,
+    relevant_counts,
+    top_k_search,
+)
 from captioner.infra.fileio import write_json
 from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.dual_encoder import KIND, DualEncoder
@@ -193,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 else:  # one sampled negative caption per image, +-1 labels
                     loss = pairwise_cosine_loss(image_emb, text_emb, cfg.contrastive.margin, generator)
 
-            # 5c. backward through the scaler, clip, optimiser step
+            # 5c. backward through the scaler, clip, optimiser step, then cap the temperature's inverse
             scaler.scale(loss).backward()
             if cfg.train.grad_clip > 0:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -201,6 +209,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            raw_model.cap_logit_scale()  # at most 100, on the parameter: a clamp in the loss would stop its gradient
 
             # 5d. the log line: the loss stays on the device until a line is due (no host sync per step)
             meter.add(loss, step, tokens.shape[0])
@@ -256,26 +265,28 @@ def evaluate_splits(model, cfg: RetrievalRunConfig, transform, device, precision
     """``{split: {"model": Recall@K, "random": the random baseline, "images": N, "captions": M}}``."""
     results = {}
     for split in cfg.eval.splits:
-        image_emb, text_emb, owner = embed_split(model, cfg.data.processed_dir, split, transform, device, precision,
-                                                 cfg.data.batch_size, cfg.data.max_caption_len, show)
-        counts = torch.bincount(owner.cpu(), minlength=image_emb.shape[0]).tolist()
-        results[split] = {"model": recall_at_k(image_emb, text_emb, owner), "random": random_recall(counts),
-                          "images": image_emb.shape[0], "captions": text_emb.shape[0]}
-        print(f"{split}: {len(counts)} images, {sum(counts)} captions\n  model   {describe(results[split]['model'])}"
+        image_emb, text_emb, owner, text = embed_split(model, cfg.data.processed_dir, split, transform, device,
+                                                       precision, cfg.data.batch_size, cfg.data.max_caption_len, show)
+        n_images, n_captions = image_emb.shape[0], text_emb.shape[0]
+        results[split] = {"model": recall_at_k(image_emb, text_emb, owner, text),
+                          "random": random_recall(*relevant_counts(owner, text, n_images)),
+                          "images": n_images, "captions": n_captions}
+        print(f"{split}: {n_images} images, {n_captions} captions\n  model   {describe(results[split]['model'])}"
               f"\n  random  {describe(results[split]['random'])}")
     return results
 
 
 def retrieval_picture(model, cfg: RetrievalRunConfig, transform, device, precision: str):
     """The first ``eval.picture_images`` validation images, each with its ``eval.top_k`` best validation captions."""
-    image_emb, text_emb, owner = embed_split(model, cfg.data.processed_dir, "val", transform, device, precision,
-                                             cfg.data.batch_size, cfg.data.max_caption_len)
+    image_emb, text_emb, owner, text = embed_split(model, cfg.data.processed_dir, "val", transform, device,
+                                                   precision, cfg.data.batch_size, cfg.data.max_caption_len)
     n = min(cfg.eval.picture_images, image_emb.shape[0])
     _, top = top_k_search(image_emb[:n], text_emb, cfg.eval.top_k)  # (n, k) caption rows of the split
     dataset = ImageWithCaptionsDataset(cfg.data.processed_dir, "val")
     captions = [c for image_captions in dataset.captions for c in image_captions]  # embed_split's caption order
     ranked = [[captions[j] for j in row.tolist()] for row in top]
-    true = [[owner[j].item() == i for j in row.tolist()] for i, row in enumerate(top)]
+    hits, text = set(zip(owner.tolist(), text.tolist())), text.tolist()  # Recall@K's rule: the text of an own caption
+    true = [[(i, text[j]) in hits for j in row.tolist()] for i, row in enumerate(top)]
     images = to_tensors(dataset.get_batch(range(n)))["images"]  # (n, 3, S, S) uint8
     return retrieval_figure(images, ranked, true, scale=picture_scale(images.shape[-1]))
 

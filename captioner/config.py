@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -28,6 +29,18 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration file or override is malformed, has an unknown key, or a value of the wrong type."""
+
+
+class ConfigWarning(UserWarning):
+    """An override made a key of the configuration file unread (e.g. ``--set train.schedule=inverse-sqrt``
+    beside the file's ``train.min_lr``)."""
+
+
+def only_when(default: Any, key: str, *values: str, scope: str = "section") -> Any:
+    """A field that the run reads only when ``key`` has one of ``values``: ``key`` is a field of the same
+    section, or with ``scope="run"`` of the run configuration itself. A configuration file that sets the
+    field while choosing another value is an error (:func:`unread_keys`)."""
+    return field(default=default, metadata={"only_when": (key, values, scope)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,7 +112,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 10
     lr: float = 1.5e-3  # peak learning rate, reached after warm-up
-    min_lr: float = 1e-5  # end of the cosine decay
+    min_lr: float = only_when(1e-5, "schedule", "cosine")  # end of the cosine decay (inverse-sqrt has no floor)
     warmup_epochs: float = 1.0
     weight_decay: float = 0.05
     beta1: float = 0.9
@@ -145,13 +158,15 @@ class LSTMDecoderConfig:
 
     embed_dim: int = 128  # token embedding
     hidden: int = 256  # the LSTM's hidden and cell state
-    attention_dim: int = 128  # attention-lstm: width of the additive attention's hidden layer
+    # attention-lstm: width of the additive attention's hidden layer
+    attention_dim: int = only_when(128, "decoder_kind", "attention-lstm", scope="run")
     dropout: float = 0.0  # before the output layer
-    image_input: Literal["state", "first_input"] = "state"  # lstm: the pooled image sets (h0, c0), or is step 0's input
+    # lstm: the pooled image sets (h0, c0), or is step 0's input
+    image_input: Literal["state", "first_input"] = only_when("state", "decoder_kind", "lstm", scope="run")
     # attention-lstm: lambda of the doubly stochastic term lambda * sum_cells (1 - sum_t alpha_t)^2. The sum runs over
     # all S cells, and a caption of T < S steps cannot give each cell a full unit: the term's floor is S * (1 - T/S)^2,
     # about 38 for shapes (64 cells, ~15 steps). 0.02 (about 1/S) keeps it beside the cross-entropy, not above it.
-    attention_reg: float = 0.02
+    attention_reg: float = only_when(0.02, "decoder_kind", "attention-lstm", scope="run")
 
 
 @dataclass
@@ -209,7 +224,7 @@ class ContrastiveConfig:
     loss: Literal["info_nce", "cosine"] = "info_nce"  # CLIP's in-batch InfoNCE, or the seed's +-1 cosine loss
     embed_dim: int = 64  # the shared embedding space
     init_temperature: float = 0.07  # InfoNCE: the learned temperature's start (CLIP's)
-    margin: float = 0.0  # cosine loss: a negative pair costs max(0, cos - margin)
+    margin: float = only_when(0.0, "loss", "cosine")  # cosine loss: a negative pair costs max(0, cos - margin)
     optimizer: Literal["adamw", "lamb"] = "adamw"
 
 
@@ -357,11 +372,53 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def unread_keys(cls: type, data: dict) -> list[str]:
+    """The keys that ``data`` sets and a run configured by it never reads (an :func:`only_when` field whose
+    condition fails), each as a sentence naming the key and the choice that leaves it unread.
+
+    >>> unread_keys(CaptionerRunConfig, {"train": {"min_lr": 0.0, "schedule": "inverse-sqrt"}})
+    ['train.min_lr is set, but train.schedule=inverse-sqrt never reads it (only cosine does)']
+    """
+    run = _from_dict(cls, data, "")
+    found = []
+
+    def walk(section: Any, section_data: dict, where: str) -> None:
+        for f in dataclasses.fields(section):
+            if f.name not in section_data:
+                continue
+            path = f"{where}{f.name}"
+            if "only_when" in f.metadata:
+                key, values, scope = f.metadata["only_when"]
+                value = getattr(run if scope == "run" else section, key)
+                if value not in values:
+                    key_path = key if scope == "run" else f"{where}{key}"
+                    found.append(f"{path} is set, but {key_path}={value} never reads it "
+                                 f"(only {' or '.join(values)} does)")
+            child = getattr(section, f.name)
+            if dataclasses.is_dataclass(child) and isinstance(section_data[f.name], dict):
+                walk(child, section_data[f.name], f"{path}.")
+
+    walk(run, data, "")
+    return found
+
+
 def load_config(cls: type[C], path: str | Path | None, overrides: list[str] = ()) -> C:
     """Load ``path`` (or the defaults when None), apply ``--set`` overrides, and check every key.
 
-    Raises ConfigError naming the file and the offending key.
+    Raises ConfigError naming the file and the offending key, also for a key that the file's own choices
+    never read (:func:`unread_keys`, e.g. ``min_lr`` beside ``schedule: inverse-sqrt``). A key of the file
+    that an override leaves unread is a :class:`ConfigWarning` (an override cannot remove a key).
     """
-    data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, list(overrides))
-    return config_from_dict(cls, data, source=str(path) if path is not None else "defaults")
+    source = str(path) if path is not None else "defaults"
+    file_data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(file_data, list(overrides))
+    config = config_from_dict(cls, data, source=source)
+    try:
+        in_file = unread_keys(cls, file_data)
+    except ConfigError:
+        in_file = []  # a value of the file that the overrides replace: checked above, with them
+    if in_file:
+        raise ConfigError(f"{source}: {in_file[0]}; remove it")
+    for problem in unread_keys(cls, data):
+        warnings.warn(f"{source} with --set: {problem}", ConfigWarning, stacklevel=2)
+    return config

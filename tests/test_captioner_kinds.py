@@ -24,9 +24,9 @@ TINY_VIT = {"image_size": 32, "patch_size": 8, "width": 16, "depth": 1, "heads":
 # (encoder_kind, decoder_kind, extra overrides); vit + transformer is tests/test_train_captioner.py's
 KINDS = [
     ("resnet", "lstm", ["lstm.image_input=first_input"]),
-    ("resnet", "attention-lstm", []),
+    ("resnet", "attention-lstm", ["lstm.attention_dim=8"]),
     ("resnet", "transformer", ["eos_suppression=0.5", "train.schedule=inverse-sqrt"]),
-    ("vit", "attention-lstm", []),
+    ("vit", "attention-lstm", ["lstm.attention_dim=8"]),
 ]
 
 
@@ -41,7 +41,7 @@ def workdir(tmp_path_factory):
         "data": {"processed_dir": str(root / "data" / "processed"), "batch_size": 25, "max_caption_len": 16},
         "resnet": TINY_RESNET,
         "decoder": {"width": 16, "depth": 1, "heads": 2, "dropout": 0.1},
-        "lstm": {"embed_dim": 8, "hidden": 16, "attention_dim": 8, "dropout": 0.1},
+        "lstm": {"embed_dim": 8, "hidden": 16, "dropout": 0.1},  # attention_dim: attention-lstm only (KINDS)
         "train": {"epochs": 2, "lr": 3e-3, "warmup_epochs": 0.5, "log_every": 1, "seed": 0},
         "eval": {"beam_size": 2, "max_len": 8, "bleu_images": 2},
     }

@@ -328,6 +328,19 @@ def test_greedy_picks_the_argmax_and_pads_after_eos():
     assert min(lengths) < 6 == max(lengths)  # some stopped at <eos>, some ran to max_len
 
 
+@pytest.mark.parametrize("alpha", [0.8, 1.5])
+def test_greedy_score_is_the_log_probability_over_the_penalty_of_a_length_counting_eos(alpha):
+    """The score of each greedy caption, recomputed by teacher forcing and divided by ((5 + n) / 6) ** alpha
+    written here, n counting the <eos>: captions that end and captions cut at max_len, all at alpha > 0."""
+    dec, mem, max_len = late_eos_decoder(), memories(8), 7
+    tokens, scores = greedy_search(dec, mem, SOS, EOS, PAD, max_len=max_len, alpha=alpha)
+    seqs = [strip(t) for t in tokens]
+    assert any(seq[-1] == EOS for seq in seqs) and any(len(seq) == max_len and EOS not in seq for seq in seqs)
+    for b, seq in enumerate(seqs):
+        logp = teacher_forced_scores(dec, mem[b], [seq], 0.0)[0].item()  # the plain sum of log-probabilities
+        assert scores[b].item() == pytest.approx(logp / gnmt_lp(len(seq), alpha), rel=1e-9, abs=1e-12)
+
+
 @pytest.mark.parametrize("beam_size", [1, 3, 5])
 def test_cached_decoding_is_token_identical_to_recomputation(beam_size):
     m, mem = model(late_eos_decoder()), memories(4)

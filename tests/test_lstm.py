@@ -1,5 +1,7 @@
 """The handwritten LSTM cell and the Show-and-Tell / Show-Attend-Tell decoders (captioner/models/lstm*.py)."""
 
+import math
+
 import pytest
 import torch
 
@@ -112,3 +114,69 @@ def test_lstm_beam_search_finds_the_exhaustive_best():
     tokens, scores = beam_search(decoder, memory, 1, 2, 0, 2, beam_size=7)
     assert [t for t in tokens[0, 0].tolist() if t != 0] == sequences[best]
     assert scores[0, 0].item() == pytest.approx(totals[best], abs=1e-5)
+
+
+def test_forget_gate_bias_starts_at_one_in_the_second_quarter():
+    # nn.LSTMCell's layout, which the cell shares (the test above): gates i, f, g, o, each H rows
+    torch.manual_seed(0)
+    H = 7
+    cell = LSTMCell(5, H)
+    bound = H ** -0.5
+    torch.testing.assert_close(cell.bias_ih[H : 2 * H], torch.ones(H))
+    torch.testing.assert_close(cell.bias_hh[H : 2 * H], torch.zeros(H))
+    for bias in (cell.bias_ih, cell.bias_hh):
+        others = torch.cat([bias[:H], bias[2 * H :]])  # i, g, o: PyTorch's uniform(+-1/sqrt(H))
+        assert others.abs().max() <= bound and others.abs().max() > bound / 2
+    # at x = 0, h = 0 the forget gate is sigmoid(1): a unit cell keeps sigmoid(1) of itself, plus i * g
+    with torch.no_grad():
+        cell.weight_ih.zero_()
+        cell.weight_hh.zero_()
+        cell.bias_ih[2 * H : 3 * H] = 0.0  # g = tanh(b_ig + b_hg): only b_hg is left
+        cell.bias_hh[2 * H : 3 * H] = 0.0  # g = 0: the new cell is f * c alone
+    _, c = cell(torch.zeros(1, 5), (torch.zeros(1, H), torch.ones(1, H)))
+    torch.testing.assert_close(c, torch.full((1, H), 1 / (1 + torch.e ** -1)))
+
+
+def naive_attend(decoder, h, memory):
+    """Show, Attend and Tell's attention for one image and one hidden state, in float64 with loops:
+    e_i = w . tanh(W_a a_i + b_a + U_a h + b_u) + b_w, alpha = softmax(e),
+    z = sigmoid(f_beta . h + b_f) sum_i alpha_i a_i."""
+    W = {name: p.detach().double() for name, p in decoder.named_parameters()}
+    h, memory = h.double(), memory.double()
+    scores = []
+    for a in memory:
+        hidden = (W["memory_proj.weight"] @ a + W["memory_proj.bias"]
+                  + W["hidden_proj.weight"] @ h + W["hidden_proj.bias"])
+        scores.append(float(W["score.weight"][0] @ torch.tanh(hidden) + W["score.bias"][0]))
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    alpha = torch.tensor([w / sum(weights) for w in weights], dtype=torch.float64)
+    beta = 1 / (1 + math.exp(-float(W["gate.weight"][0] @ h + W["gate.bias"][0])))
+    return beta * sum(alpha[i] * memory[i] for i in range(len(memory))), alpha, beta
+
+
+def test_attention_gates_the_context_like_a_naive_loop():
+    torch.manual_seed(0)
+    decoder = AttendAndTellDecoder(20, 10, CONFIG, max_len=8).eval()
+    with torch.no_grad():
+        decoder.gate.bias.fill_(-1.0)  # beta well away from 1, so a missing gate shows
+    memory, h = torch.randn(2, 5, 10), torch.randn(2, CONFIG.hidden)
+    z, alpha = decoder.attend(h, memory, decoder.project_memory(memory), None)
+    for b in range(2):
+        expected_z, expected_alpha, beta = naive_attend(decoder, h[b], memory[b])
+        assert beta < 0.6
+        torch.testing.assert_close(alpha[b].double(), expected_alpha, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(z[b].double(), expected_z, rtol=1e-5, atol=1e-6)
+
+
+def test_a_float64_decoder_attends_in_float64():
+    torch.manual_seed(0)
+    decoder = AttendAndTellDecoder(20, 10, CONFIG, max_len=8).double().eval()
+    memory, h = torch.randn(3, 49, 10, dtype=torch.float64), torch.randn(3, CONFIG.hidden, dtype=torch.float64)
+    z, alpha = decoder.attend(h, memory, decoder.project_memory(memory), None)
+    assert alpha.dtype == torch.float64
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-14)
+    for b in range(3):  # a float32 softmax would be off by about 1e-8 here
+        expected_z, expected_alpha, _ = naive_attend(decoder, h[b], memory[b])
+        torch.testing.assert_close(alpha[b], expected_alpha, rtol=0, atol=1e-14)
+        torch.testing.assert_close(z[b], expected_z, rtol=0, atol=1e-13)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ResNetConfig, load_config
 from captioner.models.captioner import build_captioner
@@ -43,6 +44,44 @@ def test_fresh_block_is_the_identity(block):
     c = 4 * block.expansion
     x = torch.rand(2, c, 6, 6)
     torch.testing.assert_close(block(c, 4).eval()(x), x)
+
+
+def batch_norm(x, bn):
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=False, eps=bn.eps)
+
+
+def test_bottleneck_strides_on_the_3x3_convolution():
+    """ResNet v1.5: 1x1 (stride 1), 3x3 (stride s, padding 1), 1x1, written out with F.conv2d; a stride on
+    the first 1x1 (v1) gives the same shape but other values."""
+    torch.manual_seed(0)
+    block = BottleneckBlock(8, 4, stride=2).eval()
+    with torch.no_grad():
+        block.conv3[1].weight.fill_(1.0)  # not the identity, so the residual path shows
+    x = torch.randn(2, 8, 6, 6)
+    conv = [block.conv1[0].weight, block.conv2[0].weight, block.conv3[0].weight]
+    out = F.relu(batch_norm(F.conv2d(x, conv[0]), block.conv1[1]))  # (2, 4, 6, 6)
+    out = F.relu(batch_norm(F.conv2d(out, conv[1], stride=2, padding=1), block.conv2[1]))  # (2, 4, 3, 3)
+    out = batch_norm(F.conv2d(out, conv[2]), block.conv3[1])  # (2, 16, 3, 3)
+    expected = F.relu(out + block.shortcut(x))
+    torch.testing.assert_close(block(x), expected)
+
+
+@pytest.mark.parametrize("block, last", [(BasicBlock, "conv2"), (BottleneckBlock, "conv3")])
+def test_only_the_last_batch_norm_starts_at_zero_and_the_block_is_the_identity_in_training(block, last):
+    """In train mode a zero first batch norm also gives the identity (zeros flow on), so the test checks which
+    norm is zero, the identity under batch statistics, and that the last norm's scale gets a gradient."""
+    torch.manual_seed(0)
+    c = 4 * block.expansion
+    module = block(c, 4).train()
+    norms = {name: m for name, m in module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for name, norm in norms.items():
+        expected = 0.0 if name == f"{last}.1" else 1.0
+        assert (norm.weight == expected).all(), name
+    x = torch.rand(4, c, 6, 6)
+    out = module(x)
+    torch.testing.assert_close(out, x)
+    out.pow(2).sum().backward()
+    assert norms[f"{last}.1"].weight.grad.abs().sum() > 0  # the residual branch can start learning
 
 
 def test_resnet50_preset_has_resnet50s_parameters():

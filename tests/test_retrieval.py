@@ -3,16 +3,26 @@
 Every expected value is computed here by hand or by brute force, never by the code under test.
 """
 
+import json
 import math
 
 import pytest
 import torch
 import yaml
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import process_coco
 import train_retrieval
-from captioner.config import EncoderRunConfig, MAEConfig, ViTConfig, config_to_dict
-from captioner.evaluation.retrieval import random_recall, recall_at_k, top_k_search
+from captioner.config import EncoderRunConfig, MAEConfig, TextEncoderConfig, ViTConfig, config_to_dict
+from captioner.data.processed import read_split
+from captioner.evaluation.retrieval import (
+    embed_split,
+    random_recall,
+    recall_at_k,
+    relevant_counts,
+    top_k_search,
+)
+from captioner.models.dual_encoder import DualEncoder
 from captioner.models.mae import MaskedAutoencoder
 from captioner.training.checkpoints import save_checkpoint
 from captioner.training.contrastive import cosine_embedding_loss, info_nce_loss, sampled_negatives
@@ -150,9 +160,75 @@ def test_chunked_top_k_search_equals_a_full_sort():
 def test_random_recall_by_hand():
     # 2 images with 1 and 2 captions (3 captions). i2t R@1: image 0 hits with 1/3, image 1 with 2/3.
     # R@2: image 0: 1 - C(2,2)/C(3,2) = 2/3, image 1: 1 - 0 = 1.
-    r = random_recall([1, 2], ks=(1, 2))
+    r = random_recall([1, 2], [1, 1, 1], ks=(1, 2))
     assert r["i2t_R@1"] == pytest.approx(0.5) and r["i2t_R@2"] == pytest.approx(5 / 6)
     assert r["t2i_R@1"] == pytest.approx(0.5) and r["t2i_R@2"] == pytest.approx(1.0)
+
+
+def test_random_recall_with_fewer_captions_than_k():
+    # K = 5 and 10 rank the whole list (3 captions, 2 images): every hit is found, both ways
+    r = random_recall([1, 2], [1, 1, 1], ks=(1, 5, 10))
+    assert r["i2t_R@5"] == r["i2t_R@10"] == r["t2i_R@5"] == r["t2i_R@10"] == 1.0
+    assert r["i2t_R@1"] == pytest.approx(0.5)
+
+
+def test_relevant_counts_and_random_recall_count_captions_of_the_same_text():
+    # captions 0 and 2 share a text: caption 2 is a hit for image 0 (3 hits: its own two and caption 2),
+    # image 1 has 2 hits (caption 2 and caption 0); captions 0 and 2 have 2 image hits each, caption 1 one.
+    per_image, per_caption = relevant_counts(torch.tensor([0, 0, 1]), torch.tensor([5, 6, 5]), 2)
+    assert per_image == [3, 2] and per_caption == [2, 1, 2]
+    # i2t R@1: image 0 finds one of 3 hits among 3 captions: 1; image 1 two of 3: 2/3 -> 5/6.
+    # t2i R@1: captions 0, 2 find one of 2 hits among 2 images: 1; caption 1: 1/2 -> 5/6.
+    r = random_recall(per_image, per_caption, ks=(1,))
+    assert r["i2t_R@1"] == pytest.approx(5 / 6) and r["t2i_R@1"] == pytest.approx(5 / 6)
+
+
+def tied_split(seed=0):
+    """12 images, 3 captions each, every caption's text one of 10 (so many are copies of another image's
+    caption, with the very same embedding); a caption's embedding is its text's, a random unit vector."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.nn.functional.normalize(torch.randn(12, 6, generator=g), dim=-1)
+    texts_emb = torch.nn.functional.normalize(torch.randn(10, 6, generator=g), dim=-1)
+    owner = torch.arange(12).repeat_interleave(3)  # (36,)
+    text = torch.randint(0, 10, (36,), generator=g)  # (36,)
+    return images, texts_emb[text], owner, text
+
+
+def brute_force_recall_by_text(sim, owner, text, k):
+    """The hit rule with Python sets: a caption is a hit for image i when its text is one of i's own."""
+    n, m = sim.shape
+    own_texts = [{text[j] for j in range(m) if owner[j] == i} for i in range(n)]
+    # the 10 texts have distinct scores, so ranks are unambiguous up to copies of one text (all hits or none)
+    i2t = sum(any(text[j] in own_texts[i] for j in sorted(range(m), key=lambda j: -sim[i, j].item())[:k])
+              for i in range(n))
+    t2i = sum(any(text[j] in own_texts[i] for i in sorted(range(n), key=lambda i: -sim[i, j].item())[:k])
+              for j in range(m))
+    return i2t / n, t2i / m
+
+
+def test_recall_at_k_counts_copies_of_a_true_caption_and_ignores_chunking_and_order():
+    images, texts, owner, text = tied_split()
+    assert len(set(text.tolist())) < len(text)  # copies exist
+    expected = recall_at_k(images, texts, owner, text, ks=(1, 2, 5))
+    for k in (1, 2, 5):
+        i2t, t2i = brute_force_recall_by_text(images @ texts.T, owner.tolist(), text.tolist(), k)
+        assert expected[f"i2t_R@{k}"] == pytest.approx(i2t) and expected[f"t2i_R@{k}"] == pytest.approx(t2i)
+    g = torch.Generator().manual_seed(1)
+    for chunk_size in (1, 4, 7, 1000):
+        captions, pictures = torch.randperm(36, generator=g), torch.randperm(12, generator=g)  # new orders
+        new_row = torch.empty(12, dtype=torch.long)
+        new_row[pictures] = torch.arange(12)  # image row r moves to new_row[r]
+        got = recall_at_k(images[pictures], texts[captions], new_row[owner[captions]], text[captions],
+                          ks=(1, 2, 5), chunk_size=chunk_size)
+        assert got == pytest.approx(expected), chunk_size
+
+
+def test_top_k_search_ranks_equal_scores_by_row_whatever_the_chunking():
+    queries = torch.tensor([[1.0, 0.0]])
+    bank = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 0.0], [1.0, 0.0], [0.5, 0.5]])
+    for chunk_size in (1, 2, 3, 4, 100):
+        scores, index = top_k_search(queries, bank, k=4, chunk_size=chunk_size)
+        assert index.tolist() == [[1, 3, 4, 2]] and scores.tolist() == [[1.0, 1.0, 1.0, 0.5]], chunk_size
 
 
 # ---- train_retrieval.py -------------------------------------------------------------------------------
@@ -205,6 +281,106 @@ def test_pretrained_image_tower_comes_from_the_mae_checkpoint(workdir):
     run(workdir, "mae", "-p", str(workdir / "mae.pt"), "--set", "train.epochs=1")
     payload = torch.load(workdir / "mae" / "checkpoint1.pt", weights_only=True)
     assert payload["pretrained"] == str(workdir / "mae.pt") and payload["vit"]["width"] == VIT.width
+
+
+class PixelsAndTokens(torch.nn.Module):
+    """A stand-in dual encoder: an image's "embedding" is its mean pixel, a caption's its padded tokens."""
+
+    def forward(self, images, tokens):
+        return images.mean((1, 2, 3))[:, None], torch.nn.functional.pad(tokens.float(), (0, 30 - tokens.shape[1]))
+
+
+def test_embed_split_maps_each_caption_to_its_image_across_batches(workdir):
+    processed = workdir / "data" / "processed"
+    record, cache = read_split(processed, "val")
+    counts = [len(tokens) for tokens in record["tokens"]]
+    # 4 images, 2 per batch of 8 captions: the second batch's image_index counts from 0 again
+    image_emb, text_emb, owner, text = embed_split(PixelsAndTokens(), processed, "val", lambda x: x.float(),
+                                                   torch.device("cpu"), "fp32", batch_size=8, max_len=24)
+    assert owner.tolist() == [i for i, n in enumerate(counts) for _ in range(n)]
+    assert image_emb[:, 0].tolist() == pytest.approx(cache.reshape(4, -1).astype("float64").mean(1).tolist())
+    captions = [tuple(ids) for tokens in record["tokens"] for ids in tokens]  # the split's order
+    ids = text.tolist()
+    assert [captions.index(c) for c in captions] == [ids.index(t) for t in ids]  # the same text, the same id
+    assert text_emb[:, 1].tolist() == [c[0] for c in captions]  # row j is caption j (its first word)
+
+
+def test_a_split_with_fewer_captions_than_k_still_gets_its_results(workdir, tmp_path):
+    # one validation image: 5 captions, fewer than K = 10 (the random baseline once divided by C(5, 10) = 0)
+    process_coco.main(["--data-dir", str(tmp_path / "data"), "--n-train", "8", "--n-val", "1", "--n-test", "1",
+                       "--image-size", "32", "--vocab-size", "120", "--workers", "1", "--no-progress"])
+    run(workdir, "one_val_image", "--set", f"data.processed_dir={tmp_path / 'data' / 'processed'}",
+        "--set", "train.epochs=1")
+    results = json.loads((workdir / "one_val_image" / "results.json").read_text())["val"]
+    assert results["images"] == 1 and results["captions"] < 10
+    assert (workdir / "one_val_image" / "retrieval.png").is_file()
+    # one image: every caption is a hit for it, and it is the only image a caption can find
+    assert all(value == 1.0 for value in results["random"].values())
+    assert all(value == 1.0 for value in results["model"].values())
+
+
+def test_the_logit_scale_has_a_gradient_above_the_cap_and_is_capped_after_the_step():
+    torch.manual_seed(0)
+    model = DualEncoder(VIT, TextEncoderConfig(width=16, depth=1, heads=2), vocab_size=20, max_len=8, embed_dim=8)
+    images, tokens = torch.randn(3, 3, 32, 32), torch.randint(4, 20, (3, 6))
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(150.0))  # above the cap of 100
+    u, v = model(images, tokens)
+    info_nce_loss(u, v, model.scale()).backward()
+    # the loss as a function of theta = log s alone, by central differences in float64
+    u, v = u.detach().double(), v.detach().double()
+    h = 1e-4
+    numeric = (info_nce_loss(u, v, torch.tensor(150.0 * math.exp(h), dtype=torch.float64))
+               - info_nce_loss(u, v, torch.tensor(150.0 * math.exp(-h), dtype=torch.float64))).item() / (2 * h)
+    assert abs(numeric) > 1e-3  # a gradient that a clamp in the forward pass would have zeroed
+    assert model.logit_scale.grad.item() == pytest.approx(numeric, rel=1e-3)
+    model.cap_logit_scale()
+    assert model.logit_scale.item() == pytest.approx(math.log(100.0), abs=1e-6)
+    assert model.scale().item() == pytest.approx(100.0, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def instrumented_run(workdir):
+    """One epoch with grad_clip=0.01 and the inverse temperature starting at 1000 (above the cap): records
+    the gradient norm the optimiser sees at every step, and the logit scale's value and gradient there."""
+    models, steps = [], []
+    real = train_retrieval.DualEncoder
+
+    def recording_model(*args, **kwargs):
+        models.append(real(*args, **kwargs))
+        return models[-1]
+
+    def before_step(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        scale = models[-1].logit_scale
+        steps.append((math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads)), scale.item(), scale.grad.item()))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_retrieval, "DualEncoder", recording_model)
+        handle = register_optimizer_step_pre_hook(before_step)
+        try:
+            history = run(workdir, "instrumented", "--set", "train.grad_clip=0.01", "--set", "train.epochs=1",
+                          "--set", "contrastive.init_temperature=0.001")
+        finally:
+            handle.remove()
+    return history, steps, models[-1]
+
+
+def test_retrieval_gradients_are_clipped_to_train_grad_clip(instrumented_run):
+    history, steps, _ = instrumented_run
+    norms = [norm for norm, _, _ in steps]
+    assert len(norms) == history[-1]["step"]
+    # clip_grad_norm_ scales by max_norm / (norm + 1e-6): every norm lands just below 0.01 (unclipped,
+    # or clipped to another value, InfoNCE's gradients of a fresh model are far larger)
+    assert max(norms) <= 0.01 * (1 + 1e-5) and min(norms) >= 0.01 * (1 - 1e-3)
+
+
+def test_the_script_caps_the_logit_scale_after_each_step(instrumented_run):
+    _, steps, model = instrumented_run
+    first_value, first_grad = steps[0][1], steps[0][2]
+    assert first_value == pytest.approx(math.log(1000.0), rel=1e-6) and first_grad != 0.0  # no clamp in the loss
+    assert all(value <= math.log(100.0) + 1e-6 for _, value, _ in steps[1:])  # capped after the first step
+    assert model.logit_scale.item() <= math.log(100.0) + 1e-6
 
 
 def test_bad_loss_name_is_a_clear_error(workdir):

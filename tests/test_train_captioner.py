@@ -298,3 +298,104 @@ def test_overfitting_a_handful_of_pairs():
     generated, _ = model.eval().generate(images, SOS_ID, EOS_ID, PAD_ID, max_len=8)
     for row, caption in zip(generated.tolist(), captions):
         assert row[: len(caption)] == caption
+
+
+# ---- the script's own step: the teacher-forcing shift, the unfreezing multipliers, the extra loss terms -----
+
+@pytest.fixture(scope="module")
+def wired_run(workdir):
+    """Two epochs from the MAE checkpoint with a Show-Attend-Tell decoder, eos_suppression=0.3 and
+    lstm.attention_reg=0.05, observed inside train_captioner.main: every decoder call's input tokens, every
+    loss term with its arguments, the loss the step logs, and each parameter group's lr at every step."""
+    seen = {"decoder_input": None, "losses": [], "eos": [], "attention": [], "logged": [], "group_lrs": []}
+    real_build, real_meter = train_captioner.captioner_for_config, train_captioner.LossMeter
+    real_ce, real_eos = train_captioner.caption_loss, train_captioner.eos_suppression_loss
+    real_penalty = train_captioner.doubly_stochastic_penalty
+
+    def build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        model.decoder.register_forward_pre_hook(
+            lambda module, args: seen.__setitem__("decoder_input", args[0].detach().clone()))
+        return model
+
+    def ce(logits, targets, label_smoothing=0.0):
+        value = real_ce(logits, targets, label_smoothing)
+        seen["losses"].append((torch.is_grad_enabled(), seen["decoder_input"], targets.detach().clone(), value.item()))
+        return value
+
+    def eos(logits, targets):
+        value = real_eos(logits, targets)
+        seen["eos"].append(value.item())
+        return value
+
+    def penalty(alphas, real):
+        value = real_penalty(alphas, real)
+        seen["attention"].append((real.clone(), value.item()))
+        return value
+
+    class Meter(real_meter):
+        def add(self, loss, step, items):
+            seen["logged"].append(loss.item())
+            super().add(loss, step, items)
+
+    def lrs_before_step(optimizer, args, kwargs):
+        seen["group_lrs"].append({group["name"]: group["lr"] for group in optimizer.param_groups})
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name, spy in [("captioner_for_config", build), ("caption_loss", ce), ("eos_suppression_loss", eos),
+                          ("doubly_stochastic_penalty", penalty), ("LossMeter", Meter)]:
+            mp.setattr(train_captioner, name, spy)
+        handle = register_optimizer_step_pre_hook(lrs_before_step)
+        try:
+            history = run(workdir, "wired", "-p", str(workdir / "mae.pt"), "--set", "decoder_kind=attention-lstm",
+                          "--set", "lstm.embed_dim=8", "--set", "lstm.hidden=16", "--set", "lstm.attention_dim=8",
+                          "--set", "eos_suppression=0.3", "--set", "lstm.attention_reg=0.05",
+                          "--set", "eval.bleu_images=1")
+        finally:
+            handle.remove()
+    return history, seen
+
+
+def test_the_decoder_reads_the_caption_shifted_right_and_predicts_it_shifted_left(wired_run):
+    history, seen = wired_run
+    training = [(x, y) for grad, x, y, _ in seen["losses"] if grad]
+    validation = [(x, y) for grad, x, y, _ in seen["losses"] if not grad]
+    assert len(training) == history[-1]["step"] and validation
+    for decoder_input, targets in training + validation:
+        assert decoder_input.shape == targets.shape
+        assert (decoder_input[:, 0] == SOS_ID).all()  # it reads <sos> first ...
+        assert not (targets == SOS_ID).any()  # ... and never has to predict it
+        assert torch.equal(decoder_input[:, 1:], targets[:, :-1])  # target t is input t + 1
+        assert ((targets == EOS_ID).sum(1) == 1).all()  # every caption's end is a target
+        assert (decoder_input[:, 1:] != EOS_ID).any()  # real words, not a copy of padding
+
+
+def test_the_loss_is_cross_entropy_plus_the_weighted_eos_and_attention_terms(wired_run):
+    history, seen = wired_run
+    ce = [value for grad, _, _, value in seen["losses"] if grad]
+    attention = [value for _, value in seen["attention"]]
+    assert len(ce) == len(seen["eos"]) == len(attention) == len(seen["logged"]) == history[-1]["step"]
+    for logged, c, e, a in zip(seen["logged"], ce, seen["eos"], attention):
+        assert e > 0.0 and a > 0.0
+        assert logged == pytest.approx(c + 0.3 * e + 0.05 * a, rel=1e-5)
+
+
+def test_the_doubly_stochastic_term_counts_the_real_steps_only(wired_run):
+    _, seen = wired_run
+    targets = [y for grad, _, y, _ in seen["losses"] if grad]
+    assert any((y == PAD_ID).any() for y in targets)  # captions of several lengths: padding to leave out
+    for (real, _), y in zip(seen["attention"], targets):
+        assert torch.equal(real, y != PAD_ID)
+
+
+def test_each_unfrozen_group_trains_at_its_multiplier_of_the_learning_rate(wired_run):
+    history, seen = wired_run
+    # unfreeze.start_epoch=1, decay=0.5, 2 encoder layers: epoch 0 trains the decoder alone; epoch 1 also the
+    # top layer (encoder_layer1) at 0.5 x the decoder's rate; the layer below and the patch embedding stay at 0
+    steps_per_epoch = history[0]["step"]
+    assert len(seen["group_lrs"]) == 2 * steps_per_epoch
+    for step, lrs in enumerate(seen["group_lrs"]):
+        top = 0.5 if step >= steps_per_epoch else 0.0
+        assert lrs["decoder"] > 0
+        assert lrs["encoder_layer1"] == pytest.approx(top * lrs["decoder"], rel=1e-12)
+        assert lrs["encoder_layer0"] == lrs["patch_embed"] == 0.0

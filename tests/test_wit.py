@@ -6,6 +6,7 @@ import io
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import process_coco
@@ -69,3 +70,40 @@ def test_process_coco_turns_a_shard_into_processed_caches(tmp_path):
     assert record["captions"] == [["a red square"], ["a blue square"]]
     assert images.shape == (2, 16, 16, 3)
     assert np.abs(images[0].astype(int) - [255, 0, 0]).max() <= 2  # the red square, resized
+
+
+def test_base64_wrapped_over_lines_is_read(tmp_path):
+    png = png_b64((255, 0, 0))
+    wrapped = "\n".join(png[i : i + 76] for i in range(0, len(png), 76)) + "\n"  # MIME's 76-character lines
+    assert "\n" in wrapped.strip()
+    with gzip.open(tmp_path / "shard.json.gz", "wt", encoding="utf-8") as f:
+        stray = wrapped[:80] + "*" + wrapped[80:]
+        f.write(line("a red square", wrapped) + "\n" + line("stray characters", stray) + "\n")
+    skips = SkipLog()
+    good = list(read_wit_shard(tmp_path / "shard.json.gz", skips))
+    assert [(captions, data) for _, captions, data in good] == [(["a red square"], base64.b64decode(png))]
+    assert skips.counts() == {BAD_BASE64: 1}  # whitespace is dropped, anything else still refused
+
+
+def test_a_file_that_is_not_gzip_is_named_as_such_before_any_work(tmp_path):
+    write_shard(tmp_path / "good.json.gz")
+    (tmp_path / "plain.json").write_text(line("a red square", png_b64((255, 0, 0))) + "\n")
+    with pytest.raises(ValueError, match=r"plain\.json: not a gzip file"):
+        list(read_wit_shard(tmp_path / "plain.json", SkipLog()))
+    with pytest.raises(ValueError, match=r"plain\.json: not a gzip file"):
+        process_coco.main(["--wit-files", str(tmp_path / "good.json.gz"), str(tmp_path / "plain.json"),
+                           "--data-dir", str(tmp_path / "wit"), "--image-size", "16", "--vocab-size", "40",
+                           "--workers", "1", "--no-progress"])
+    assert not list((tmp_path / "wit").rglob("*.png"))  # no image of the good shard written first
+
+
+def test_a_truncated_shard_keeps_the_lines_before_the_cut_and_counts_the_cut(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [line(f"picture {i}", base64.b64encode(rng.bytes(3000)).decode()) for i in range(40)]
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    (tmp_path / "cut.json.gz").write_bytes(whole[: len(whole) // 2])  # random bytes barely compress: ~20 lines
+    skips = SkipLog()
+    good = list(read_wit_shard(tmp_path / "cut.json.gz", skips))
+    assert 5 <= len(good) < 40
+    assert [captions for _, captions, _ in good] == [[f"picture {i}"] for i in range(len(good))]
+    assert skips.counts() == {BROKEN_JSON: 1} and skips.items[0]["item"].endswith("(the gzip stream ends early)")

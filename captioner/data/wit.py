@@ -15,8 +15,9 @@ becomes a caption of the image, so an image has one or more captions, like COCO'
 ``val_every``-th good line goes to val) and the two caption files under ``annotations/``, so the rest of
 ``process_coco.py`` (tokenizer, image cache, tokenized captions) runs unchanged. Bad lines are skipped
 and counted in the same :class:`~captioner.data.coco_annotations.SkipLog` as COCO's bad entries:
-broken JSON, no caption, no or invalid base64. An image that does not decode is skipped by the image
-cache step, as a corrupt COCO image is.
+broken JSON, no caption, no or invalid base64 (base64 wrapped over several lines is valid: whitespace is
+dropped before the strict decoding). An image that does not decode is skipped by the image cache step,
+as a corrupt COCO image is. A file that is not gzip at all is an error naming it, before any work.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from captioner.infra.fileio import write_json
 BROKEN_JSON = "WIT line is not a JSON object"
 NO_CAPTION = "WIT line has no caption_reference_description"
 BAD_BASE64 = "WIT line has no valid b64_bytes"
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 
 
 def wit_captions(record: dict) -> list[str]:
@@ -53,13 +55,34 @@ def wit_captions(record: dict) -> list[str]:
     return captions
 
 
+def check_shard(path: str | Path) -> None:
+    """Raise FileNotFoundError or ValueError, naming the file, unless ``path`` is a file that starts as gzip does."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: WIT shard not found")
+    with open(path, "rb") as f:
+        if f.read(2) != GZIP_MAGIC:
+            raise ValueError(f"{path}: not a gzip file (a WIT shard is gzipped JSON lines, e.g. *.json.gz)")
+
+
+def decode_base64(text) -> bytes:
+    """Strict base64 of a JSON string, which may be wrapped over lines (MIME wraps at 76 characters).
+
+    Example: "aGVs\nbG8h" -> b"hello!"; "aGVsbG8h$$$" raises binascii.Error.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"b64_bytes is a {type(text).__name__}, not a string")
+    return base64.b64decode("".join(text.split()), validate=True)
+
+
 def read_wit_shard(path: str | Path, skips: SkipLog, split: str = "wit"):
     """Yield ``(image_url, captions, image_bytes)`` for each good line of a gzipped JSON-lines shard.
 
     Bad lines go to ``skips`` with the file and line number. A shard that is cut short (a truncated
-    download) keeps the lines read before the cut; the cut itself is counted as a broken line.
+    download) keeps the lines read before the cut; the cut itself is counted as a broken line, as is
+    a corrupt stream. A file that is not gzip raises ValueError (:func:`check_shard`).
     """
     path = Path(path)
+    check_shard(path)
     with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
         line_no = 0
         try:
@@ -79,15 +102,17 @@ def read_wit_shard(path: str | Path, skips: SkipLog, split: str = "wit"):
                     skips.add(split, NO_CAPTION, where)
                     continue
                 try:
-                    image_bytes = base64.b64decode(record.get("b64_bytes") or "", validate=True)
+                    image_bytes = decode_base64(record.get("b64_bytes") or "")
                 except (binascii.Error, TypeError, ValueError):
                     image_bytes = b""
                 if not image_bytes:
                     skips.add(split, BAD_BASE64, where)
                     continue
                 yield str(record.get("image_url", "")), captions, image_bytes
-        except (EOFError, OSError, zlib.error):
+        except EOFError:
             skips.add(split, BROKEN_JSON, f"{path}:{line_no + 1} (the gzip stream ends early)")
+        except (OSError, zlib.error) as error:  # gzip.BadGzipFile is an OSError: a bad CRC, a corrupt block
+            skips.add(split, BROKEN_JSON, f"{path}:{line_no + 1} (the gzip stream is corrupt: {error})")
 
 
 def _extension(image_url: str) -> str:
@@ -108,10 +133,10 @@ def wit_to_coco_layout(shards: list[str | Path], out_dir: str | Path, skips: Ski
     annotations = {split: {"images": [], "annotations": []} for split in layout}
     for folder, _ in layout.values():
         (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    for shard in shards:  # every shard checked before the first image is written
+        check_shard(shard)
     image_id, caption_id = 0, 0
     for shard in shards:
-        if not Path(shard).is_file():
-            raise FileNotFoundError(f"{shard}: WIT shard not found")
         for image_url, captions, image_bytes in read_wit_shard(shard, skips):
             image_id += 1
             split = "val" if image_id % val_every == 0 else "train"

@@ -239,7 +239,7 @@ def retrieval_figure(images: Tensor, ranked: Sequence[Sequence[str]], true: Sequ
     """One row per image: the image, then its retrieved captions best first, a true one in green with "*".
 
     images (B, 3, H, W) uint8; ranked: B lists of k captions; true: B lists of k flags, whether each
-    caption belongs to the image. ``width``: pixels for the text column.
+    caption is true of the image. ``width``: pixels for the text column.
     """
     B, _, H, W = images.shape
     if images.dtype != torch.uint8 or len(ranked) != B or len(true) != B:

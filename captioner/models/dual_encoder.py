@@ -14,7 +14,9 @@ from an MAE checkpoint. The text tower is a bidirectional transformer encoder fr
 ``transformer_components`` (every token sees every other; padding is masked out of the attention and
 out of the mean). ``logit_scale`` is the learned inverse temperature of the InfoNCE loss
 (``captioner/training/contrastive.py``), stored as a log so it stays positive; CLIP starts it at
-1 / 0.07 and caps it at 100.
+1 / 0.07 and caps it at 100. The cap is applied to the parameter after each optimiser step
+(:meth:`DualEncoder.cap_logit_scale`, called by ``train_retrieval.py``), not inside the forward pass:
+a clamp there would give the parameter a gradient of 0 above the cap, so it could never come back.
 """
 
 from __future__ import annotations
@@ -96,8 +98,13 @@ class DualEncoder(nn.Module):
         return F.normalize(self.text_projection(self.text_encoder(tokens)), dim=-1)  # (B, E)
 
     def scale(self) -> Tensor:
-        """The inverse temperature exp(logit_scale), capped at MAX_LOGIT_SCALE."""
-        return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+        """The inverse temperature exp(logit_scale); :meth:`cap_logit_scale` keeps it at most MAX_LOGIT_SCALE."""
+        return self.logit_scale.exp()
+
+    @torch.no_grad()
+    def cap_logit_scale(self) -> None:
+        """Clamp the parameter to log(MAX_LOGIT_SCALE), after an optimiser step (as CLIP does)."""
+        self.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
 
     def forward(self, images: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
         """(image embeddings (U, E), caption embeddings (B, E)); each image of the batch encoded once."""

@@ -190,7 +190,9 @@ class AttendAndTellDecoder(LSTMDecoder):
         e = self.score(torch.tanh(projection + self.hidden_proj(h)[:, None])).squeeze(-1)  # (B, S)
         if mask is not None:
             e = e.masked_fill(mask, float("-inf"))  # padding cells get no attention
-        alpha = torch.softmax(e.float(), dim=-1).to(memory.dtype)  # (B, S), sums to 1
+        # the softmax in at least float32 (bf16/fp16 sums drift), and in float64 for a float64 model
+        alpha = torch.softmax(e, dim=-1, dtype=torch.promote_types(e.dtype, torch.float32))  # (B, S), sums to 1
+        alpha = alpha.to(memory.dtype)
         context = (alpha[:, :, None] * memory).sum(dim=1)  # (B, C)
         beta = torch.sigmoid(self.gate(h))  # (B, 1)
         return beta * context, alpha
