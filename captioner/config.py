@@ -63,6 +63,11 @@ class ViTConfig:
     # (each token sees its patch only); > 0 lets a token see the edges its patch shares with its
     # neighbours (MAE blanks the masked patches first, so nothing hidden leaks; models/vit.py).
     patch_overlap: int = 0
+    # The field's published ViTs (the official MAE weights, timm's): a class token ahead of the patches,
+    # LayerNorm epsilon 1e-6, and for timm's a learned position embedding (captioner/models/pretrained.py).
+    class_token: bool = False
+    position_embedding: Literal["sincos", "learned"] = "sincos"  # sincos: fixed, not stored; learned: a parameter
+    norm_eps: float = 1e-5
 
 
 @dataclass
