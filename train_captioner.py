@@ -9,11 +9,13 @@ The encoder is a ViT (``encoder_kind: vit``, the default) or a handwritten ResNe
 decoder a transformer (``decoder_kind: transformer``, the default), a Show-and-Tell LSTM (``lstm``) or a
 Show-Attend-Tell LSTM (``attention-lstm``); see ``configs/ladder_*.yaml``.
 
-Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
+Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint,
+or from published weights (``-p mae_vit_base``, or an official MAE / timm file: docs/pretrained.md);
 without it, the architecture is read from the ``model`` section of the encoder YAML named by the
 config's ``encoder_config`` and the weights start random; with ``-c`` everything comes from the
-captioner checkpoint (which stores the architecture and the tokenizer). A ResNet's architecture is the
-config's ``resnet`` section; it always starts random (no pretrained ResNet exists here).
+captioner checkpoint (which stores the architecture, the preprocessing and the tokenizer). A ResNet's
+architecture is the config's ``resnet`` section; it starts from torchvision's ImageNet weights when
+``resnet.weights`` names them (``resnet101``, or a file), else random.
 
 Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
 cross-entropy with label smoothing over the non-pad targets (plus, when configured, the end-of-sentence
@@ -60,21 +62,21 @@ from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.metrics import evaluate_captions
 from captioner.infra.compile import maybe_compile
+from captioner.infra.weights import resolve_weights
 from captioner.models.captioner import (
     KIND,
     caption_loss,
     captioner_for_config,
     captioner_from_payload,
     checkpoint_extras,
-    encoder_from_mae_checkpoint,
     eos_suppression_loss,
 )
+from captioner.models.pretrained import encoder_from_pretrained, load_torchvision_resnet, read_state_dict
 from captioner.models.lstm_decoders import doubly_stochastic_penalty
 from captioner.text.tokenizers import PAD_ID, load_tokenizer
 from captioner.training.checkpoints import (
     CheckpointError,
     checkpoint_path,
-    load_checkpoint,
     resume_from,
     save_checkpoint,
     training_state,
@@ -116,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(parser, default_config="configs/shapes_captioner.yaml")
     parser.add_argument("-p", "--pretrained", default=None,
                         help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt, or its run folder for "
-                             "the latest one): the encoder's "
-                             "architecture and weights come from it, and it is unfrozen layer by layer. "
+                             "the latest one), from named published weights (mae_vit_base, mae_vit_large, "
+                             "mae_vit_huge: downloaded once and checked), or from an official MAE / timm ViT file: "
+                             "the encoder's architecture and weights come from it, and it is unfrozen layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
                              "of the config's encoder_config YAML, and trains from the first step. "
                              "ViT encoders only (encoder_kind: vit)")
@@ -159,8 +162,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if resume is not None:
         raw_model = captioner_from_payload(resume, args.checkpoint, cfg, max_len)
         pretrained = resume.get("pretrained")
-    elif args.pretrained:
-        encoder = encoder_from_mae_checkpoint(load_checkpoint(args.pretrained), args.pretrained)
+    elif args.pretrained:  # this project's MAE checkpoint, or published ViT weights (a name or a file)
+        encoder = encoder_from_pretrained(resolve_weights(args.pretrained, show),
+                                          cfg.vit_image_size or None)
         raw_model = captioner_for_config(cfg, encoder.config, tokenizer.vocab_size, max_len)
         raw_model.encoder.load_state_dict(encoder.state_dict())
         pretrained = str(args.pretrained)
@@ -169,6 +173,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                                                       cfg.encoder_config).model
         raw_model = captioner_for_config(cfg, encoder_config, tokenizer.vocab_size, max_len)
         pretrained = None
+        if cfg.encoder_kind == "resnet" and cfg.resnet.weights:  # torchvision's ImageNet weights
+            path = resolve_weights(cfg.resnet.weights, show)
+            load_torchvision_resnet(raw_model.encoder, read_state_dict(path), path)
+            pretrained = cfg.resnet.weights
     encoder_config = raw_model.encoder.config
     extras = checkpoint_extras(encoder_config, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text,
                                pretrained)
@@ -198,7 +206,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
                          f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
-    transform = EvalTransform(encoder_config.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
+    transform = EvalTransform.for_encoder(encoder_config)  # no crop, no flip: the caption describes the whole, unmirrored scene
 
     # ---- 4. optimiser, gradient scaler, resume ----------------------------------------------------
     # Every unfreeze group is in the optimiser from the start, named, so its learning-rate multiplier
@@ -214,7 +222,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logger = JsonlLogger(run_dir / "log.jsonl") if dist_info.is_main else None  # [distributed] rank 0 writes
     model = None  # compiled, and [distributed] wrapped in DDP for this epoch's freeze state
     n_params = sum(p.numel() for p in raw_model.parameters())
-    encoder_start = f"MAE encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
+    encoder_start = f"pretrained encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
     if dist_info.is_main:  # [distributed]
         print(f"captioner on {device} ({precision}) from {encoder_start}: {n_params / 1e6:.2f} M parameters, "
               f"{len(train_loader.dataset)} training images, {steps_per_epoch} steps per epoch, "

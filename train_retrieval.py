@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
                          f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
-    transform = EvalTransform(vit.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
+    transform = EvalTransform.for_encoder(vit)  # no crop, no flip: the caption describes the whole, unmirrored scene
 
     # ---- 4. optimiser (AdamW or LAMB), gradient scaler, resume --------------------------------------
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,

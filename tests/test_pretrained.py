@@ -27,6 +27,7 @@ from captioner.models.pretrained import (
 )
 from captioner.models.vit import position_table
 from captioner.training.checkpoints import CheckpointError
+from tiny_checkpoints import official_mae_state, torchvision_resnet_state
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,70 +111,41 @@ def test_official_mae_equals_mae(reference):
 
 # ---- without the reference: formats, errors, interpolation -------------------------------------------
 
-def tiny_mae_state(width=64, depth=1, decoder=True):
-    """An official-format MAE state dict (timm's names) made by hand: random weights, MAE's sin-cos tables."""
-    g = torch.Generator().manual_seed(0)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.1  # noqa: E731
-    state = {"cls_token": r(1, 1, width), "pos_embed": position_table(4, width, True),
-             "patch_embed.proj.weight": r(width, 3, 8, 8), "patch_embed.proj.bias": r(width),
-             "norm.weight": r(width), "norm.bias": r(width)}
-
-    def block(prefix, w):
-        state.update({f"{prefix}norm1.weight": r(w), f"{prefix}norm1.bias": r(w),
-                      f"{prefix}attn.qkv.weight": r(3 * w, w), f"{prefix}attn.qkv.bias": r(3 * w),
-                      f"{prefix}attn.proj.weight": r(w, w), f"{prefix}attn.proj.bias": r(w),
-                      f"{prefix}norm2.weight": r(w), f"{prefix}norm2.bias": r(w),
-                      f"{prefix}mlp.fc1.weight": r(4 * w, w), f"{prefix}mlp.fc1.bias": r(4 * w),
-                      f"{prefix}mlp.fc2.weight": r(w, 4 * w), f"{prefix}mlp.fc2.bias": r(w)})
-
-    for i in range(depth):
-        block(f"blocks.{i}.", width)
-    if decoder:
-        state.update({"decoder_embed.weight": r(512, width), "decoder_embed.bias": r(512), "mask_token": r(1, 1, 512),
-                      "decoder_pos_embed": position_table(4, 512, True), "decoder_norm.weight": r(512),
-                      "decoder_norm.bias": r(512), "decoder_pred.weight": r(192, 512), "decoder_pred.bias": r(192)})
-        block("decoder_blocks.0.", 512)
-    return state
-
-
-@pytest.fixture(autouse=True)
-def tiny_heads(monkeypatch):
-    monkeypatch.setitem(__import__("captioner.models.pretrained", fromlist=["VIT_HEADS"]).VIT_HEADS, 64, 2)
-
-
 def test_mae_checkpoint_format_is_unwrapped_and_the_architecture_read(tmp_path):
-    torch.save({"model": tiny_mae_state()}, tmp_path / "mae.pth")
+    torch.save({"model": official_mae_state()}, tmp_path / "mae.pth")
     state = read_state_dict(tmp_path / "mae.pth")
     vit = timm_vit_config(state)
-    assert (vit.image_size, vit.patch_size, vit.width, vit.depth, vit.heads, vit.norm_eps) == (32, 8, 64, 1, 2, 1e-6)
+    assert (vit.image_size, vit.patch_size, vit.width, vit.depth, vit.heads, vit.norm_eps) == (32, 8, 192, 1, 3, 1e-6)
     model = mae_from_official(state)
     assert isinstance(model, MaskedAutoencoder) and model.decoder.transformer.layers[0].attn.n_heads == 16
     torch.testing.assert_close(model.encoder.transformer.layers[0].attn.k_proj.weight,
-                               state["blocks.0.attn.qkv.weight"][64:128])  # q, k, v in that order
+                               state["blocks.0.attn.qkv.weight"][192:384])  # q, k, v in that order
 
 
 @pytest.mark.parametrize("change, message", [
     (lambda s: s.update({"blocks.0.extra.weight": torch.zeros(1)}), "'blocks.0.extra.weight' is not a key"),
     (lambda s: s.pop("blocks.0.mlp.fc2.bias"), "no weights for transformer.layers.0.ff.fc2.bias"),
-    (lambda s: s.update({"norm.weight": torch.zeros(65)}), r"'norm.weight' has shape \(65,\)"),
+    (lambda s: s.update({"norm.weight": torch.zeros(65)}), r"'norm.weight' has shape \(65,\), but 'transformer.norm.weight' needs \(192,\)"),
 ])
 def test_a_key_or_shape_that_does_not_fit_is_named(change, message):
-    state = tiny_mae_state(decoder=False)
+    state = official_mae_state(decoder=False)
     change(state)
     with pytest.raises(CheckpointError, match=message):
         vit_from_timm(state, source="w.pth")
 
 
-def test_a_resnet_key_that_does_not_fit_is_named():
-    from captioner.models.resnet import ResNetEncoder
-    from captioner.config import ResNetConfig
-    config = ResNetConfig(image_size=32, block="bottleneck", stem_width=8, stem_kernel=7, stem_pool=True,
-                          widths=[4, 8], blocks=[2, 1])
-    ours = ResNetEncoder(config).state_dict()
-    theirs = {"conv1.weight": ours["stem.0.weight"], "layer1.0.conv1.weight": ours["stages.0.0.conv1.0.weight"],
-              "layer1.0.conv3.weight": ours["stages.0.0.conv3.0.weight"], "layer1.0.bnX.weight": torch.zeros(4)}
-    with pytest.raises(CheckpointError, match="'layer1.0.bnX.weight' is not a key of a torchvision ResNet"):
-        resnet_from_torchvision(theirs, 32)
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s.update({"layer1.0.bnX.weight": torch.zeros(4)}), "'layer1.0.bnX.weight' is not a key of a torchvision"),
+    (lambda s: s.pop("layer2.0.downsample.1.running_var"), "no weights for stages.1.0.shortcut.1.running_var"),
+    (lambda s: s.update({"bn1.bias": torch.zeros(3)}), r"'bn1.bias' has shape \(3,\), but 'stem.1.bias' needs"),
+])
+def test_a_resnet_key_or_shape_that_does_not_fit_is_named(change, message):
+    state = torchvision_resnet_state()
+    assert torchvision_resnet_config(state).blocks == [2, 1]
+    resnet_from_torchvision(dict(state), 32)  # the unchanged file loads
+    change(state)
+    with pytest.raises(CheckpointError, match=message):
+        resnet_from_torchvision(state, 32)
 
 
 def test_learned_table_resampling_keeps_the_class_row_and_a_constant_grid():
@@ -186,6 +158,6 @@ def test_learned_table_resampling_keeps_the_class_row_and_a_constant_grid():
 
 
 def test_sincos_table_is_recomputed_for_another_size():
-    encoder = vit_from_timm(tiny_mae_state(decoder=False), image_size=48)
-    assert encoder.config.position_embedding == "sincos" and encoder.pos_embed.shape == (1, 37, 64)
-    torch.testing.assert_close(encoder.pos_embed, position_table(6, 64, True))
+    encoder = vit_from_timm(official_mae_state(decoder=False), image_size=48)
+    assert encoder.config.position_embedding == "sincos" and encoder.pos_embed.shape == (1, 37, 192)
+    torch.testing.assert_close(encoder.pos_embed, position_table(6, 192, True))

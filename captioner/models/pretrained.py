@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.config import MAEConfig, ResNetConfig, ViTConfig
+from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.mae import MaskedAutoencoder
 from captioner.models.resnet import ResNetEncoder
 from captioner.models.vit import ImageEncoder, position_table
-from captioner.training.checkpoints import CheckpointError
+from captioner.training.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
 
 # timm's ViT widths and their head counts (64 dimensions a head; 80 for ViT-H); the weights do not say
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -46,20 +47,26 @@ PUBLISHED_NORM_EPS = 1e-6  # the LayerNorm epsilon of timm's and MAE's ViTs
 CLASSIFIER_KEYS = re.compile(r"(fc|head)\.(weight|bias)")  # the classifiers, dropped
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """The state dict in a published weights file (``weights_only``): a plain one, or MAE's ``{"model": ...}``."""
-    path = Path(path)
+def _read(path: Path) -> object:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such weights file")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
         raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__})") from None
+
+
+def _state_dict_of(payload: object, path: str | Path) -> dict[str, Tensor]:
     if isinstance(payload, dict) and isinstance(payload.get("model"), dict) and "kind" not in payload:
         payload = payload["model"]  # the official MAE checkpoints wrap the state dict
     if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors (nor MAE's {{'model': state dict}})")
     return payload
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """The state dict in a published weights file (``weights_only``): a plain one, or MAE's ``{"model": ...}``."""
+    return _state_dict_of(_read(Path(path)), path)
 
 
 def load_mapped(module: nn.Module, mapped: dict[str, tuple[str, Tensor]], source: str | Path) -> None:
@@ -119,6 +126,12 @@ def resnet_from_torchvision(state: dict[str, Tensor], image_size: int = 224,
                             source: str | Path = "weights") -> ResNetEncoder:
     """A :class:`ResNetEncoder` with the weights of a torchvision ResNet state dict."""
     encoder = ResNetEncoder(torchvision_resnet_config(state, image_size, source))
+    load_torchvision_resnet(encoder, state, source)
+    return encoder
+
+
+def load_torchvision_resnet(encoder: ResNetEncoder, state: dict[str, Tensor], source: str | Path = "weights") -> None:
+    """Load a torchvision ResNet state dict into ``encoder``, whose architecture must be the file's."""
     mapped = {}
     for key, tensor in state.items():
         try:
@@ -128,7 +141,6 @@ def resnet_from_torchvision(state: dict[str, Tensor], image_size: int = 224,
         if ours is not None:
             mapped[ours] = (key, tensor)
     load_mapped(encoder, mapped, source)
-    return encoder
 
 
 # ---- ViTs: the official MAE checkpoints and timm ----------------------------------------------------
@@ -284,3 +296,18 @@ def mae_from_official(state: dict[str, Tensor], image_size: int | None = None, m
     _unused(state, used, source)
     load_mapped(model, mapped, source)
     return model
+
+
+# ---- what the training scripts call ----------------------------------------------------------------
+
+def encoder_from_pretrained(path: str | Path, image_size: int | None = None) -> ImageEncoder:
+    """The ViT encoder in ``path``: this project's MAE checkpoint (or its run folder), an official MAE
+    checkpoint or a timm ViT state dict (``image_size``: a size other than the file's own; published
+    weights only)."""
+    path = Path(path)
+    if path.is_dir():
+        return encoder_from_mae_checkpoint(load_checkpoint(path), path)
+    payload = _read(path)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
+        return encoder_from_mae_checkpoint(payload, path)
+    return vit_from_timm(_state_dict_of(payload, path), image_size, path)
