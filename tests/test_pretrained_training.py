@@ -1,0 +1,116 @@
+"""Published weights in the training script: named weights downloaded from a local server and checked,
+train_captioner.py from an official MAE file and from ImageNet ResNet weights, each resumed exactly."""
+
+import hashlib
+import io
+
+import pytest
+import torch
+import yaml
+
+import process_coco
+import train_captioner
+from captioner.infra import weights
+from captioner.infra.download import DownloadError
+from captioner.infra.weights import PublishedWeights, resolve_weights
+from captioner.training.checkpoints import load_checkpoint
+from http_server import FileServer
+from tiny_checkpoints import TINY_IMAGENET_RESNET, official_mae_state, torchvision_resnet_state
+
+
+def file_bytes(payload) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrained")
+    process_coco.main(["--data-dir", str(root / "data"), "--n-train", "10", "--n-val", "4", "--n-test", "1",
+                       "--image-size", "32", "--vocab-size", "120", "--workers", "1", "--no-progress"])
+    (root / "mae_official.pth").write_bytes(file_bytes({"model": official_mae_state()}))
+    resnet = TINY_IMAGENET_RESNET
+    config = {
+        "data": {"processed_dir": str(root / "data" / "processed"), "batch_size": 10, "max_caption_len": 16},
+        "resnet": {"image_size": resnet.image_size, "block": resnet.block, "stem_width": resnet.stem_width,
+                   "stem_kernel": resnet.stem_kernel, "stem_pool": resnet.stem_pool, "widths": resnet.widths,
+                   "blocks": resnet.blocks},
+        "decoder": {"width": 16, "depth": 1, "heads": 2, "dropout": 0.1},
+        "unfreeze": {"start_epoch": 1, "decay": 0.5},
+        "train": {"epochs": 2, "lr": 3e-3, "warmup_epochs": 0.5, "log_every": 1, "seed": 0},
+        "eval": {"beam_size": 2, "max_len": 8, "bleu_images": 2},
+    }
+    (root / "captioner.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """A local server holding a tiny torchvision-format ResNet as named weights ``tiny_resnet``, with the
+    registry's URLs pointed at it and the cache in tmp_path."""
+    data = file_bytes(torchvision_resnet_state())
+    sha = hashlib.sha256(data).hexdigest()
+    monkeypatch.setitem(weights.WEIGHTS, "tiny_resnet", PublishedWeights("https://example.invalid/m/tiny-x.pth",
+                                                                         "sha256", sha[:8], "resnet"))
+    monkeypatch.setitem(weights.WEIGHTS, "tiny_resnet_full", PublishedWeights("https://example.invalid/m/tiny-x.pth",
+                                                                              "sha256", sha, "resnet"))
+    monkeypatch.setenv("CAPTIONER_WEIGHTS_DIR", str(tmp_path / "cache"))
+    with FileServer({"/tiny-x.pth": data, "/resnet101-63fe2227.pth": data}, cuts={"/tiny-x.pth": [100]}) as s:
+        monkeypatch.setenv("CAPTIONER_WEIGHTS_URL", s.url("/"))
+        yield s, data
+
+
+def test_named_weights_are_downloaded_resumed_checked_and_cached(server, tmp_path):
+    s, data = server
+    path = resolve_weights("tiny_resnet", show=False)
+    assert path == tmp_path / "cache" / "tiny-x.pth" and path.read_bytes() == data
+    assert s.requests[1] == ("/tiny-x.pth", "bytes=100-")  # the cut transfer was resumed
+    assert resolve_weights("tiny_resnet", show=False) == path and len(s.requests) == 2  # cached: not fetched again
+    path.unlink()
+    assert resolve_weights("tiny_resnet_full", show=False).read_bytes() == data  # a full SHA-256 is checked too
+
+
+def test_a_file_whose_digest_differs_is_refused_and_deleted(server, tmp_path):
+    """The real registry entry for resnet101, served the wrong bytes: its published prefix does not match."""
+    with pytest.raises(DownloadError, match="published one starts with 63fe2227; the download was deleted"):
+        resolve_weights("resnet101", show=False)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def comparable(history):
+    return [{k: v for k, v in h.items() if k not in ("seconds", "captions_per_s")} for h in history]
+
+
+def train_and_resume(workdir, name, *args):
+    """Two epochs straight, and the second again from checkpoint1.pt: the same history and weights."""
+    base = ["--config", str(workdir / "captioner.yaml"), "--no-progress"]
+    straight = train_captioner.main(base + ["--set", f"run_dir={workdir / name}", *args])
+    resumed = train_captioner.main(["-c", str(workdir / name / "checkpoint1.pt"), "--no-progress",
+                                    "--set", f"run_dir={workdir / (name + '_resumed')}"])
+    assert comparable(resumed) == comparable(straight)
+    a = load_checkpoint(workdir / name / "checkpoint2.pt", kind="captioner")
+    b = load_checkpoint(workdir / (name + "_resumed") / "checkpoint2.pt", kind="captioner")
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    assert straight[0]["trainable_groups"] == ["decoder"]  # a pretrained encoder starts frozen and unfreezes
+    assert any(g.startswith("encoder_layer") for g in straight[1]["trainable_groups"])  # the top one
+    return a
+
+
+def test_official_mae_file_trains_and_resumes_exactly(workdir):
+    payload = train_and_resume(workdir, "mae", "-p", str(workdir / "mae_official.pth"))
+    assert payload["vit"]["class_token"] and payload["vit"]["norm_eps"] == 1e-6
+    assert payload["vit"]["mean"] == [0.485, 0.456, 0.406]  # the preprocessing travels with the weights
+    first = load_checkpoint(workdir / "mae" / "checkpoint1.pt", kind="captioner")["model"]
+    expected = official_mae_state()
+    torch.testing.assert_close(first["encoder.patch_embed.proj.weight"], expected["patch_embed.proj.weight"])
+
+
+def test_resnet_with_named_imagenet_weights_trains_and_resumes_exactly(workdir, server):
+    payload = train_and_resume(workdir, "resnet", "--set", "encoder_kind=resnet", "--set",
+                               "resnet.weights=tiny_resnet")
+    assert payload["pretrained"] == "tiny_resnet"
+    first = load_checkpoint(workdir / "resnet" / "checkpoint1.pt", kind="captioner")["model"]
+    torch.testing.assert_close(first["encoder.stages.1.0.conv2.0.weight"],  # frozen in epoch 0
+                               torchvision_resnet_state()["layer2.0.conv2.weight"])
