@@ -2,34 +2,31 @@
 train_captioner.py from an official MAE file and from ImageNet ResNet weights, each resumed exactly."""
 
 import hashlib
-import io
 
 import pytest
 import torch
 import yaml
 
-import process_coco
 import train_captioner
 from captioner.infra import weights
 from captioner.infra.download import DownloadError
 from captioner.infra.weights import PublishedWeights, resolve_weights
 from captioner.training.checkpoints import load_checkpoint
 from http_server import FileServer
-from tiny_checkpoints import TINY_IMAGENET_RESNET, official_mae_state, torchvision_resnet_state
-
-
-def file_bytes(payload) -> bytes:
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    return buffer.getvalue()
+from tiny_checkpoints import (
+    TINY_IMAGENET_RESNET,
+    official_mae_state,
+    saved_bytes,
+    tiny_processed_shapes,
+    torchvision_resnet_state,
+)
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("pretrained")
-    process_coco.main(["--data-dir", str(root / "data"), "--n-train", "10", "--n-val", "4", "--n-test", "1",
-                       "--image-size", "32", "--vocab-size", "120", "--workers", "1", "--no-progress"])
-    (root / "mae_official.pth").write_bytes(file_bytes({"model": official_mae_state()}))
+    tiny_processed_shapes(root / "data")
+    (root / "mae_official.pth").write_bytes(saved_bytes({"model": official_mae_state()}))
     resnet = TINY_IMAGENET_RESNET
     config = {
         "data": {"processed_dir": str(root / "data" / "processed"), "batch_size": 10, "max_caption_len": 16},
@@ -49,7 +46,7 @@ def workdir(tmp_path_factory):
 def server(monkeypatch, tmp_path):
     """A local server holding a tiny torchvision-format ResNet as named weights ``tiny_resnet``, with the
     registry's URLs pointed at it and the cache in tmp_path."""
-    data = file_bytes(torchvision_resnet_state())
+    data = saved_bytes(torchvision_resnet_state())
     sha = hashlib.sha256(data).hexdigest()
     monkeypatch.setitem(weights.WEIGHTS, "tiny_resnet", PublishedWeights("https://example.invalid/m/tiny-x.pth",
                                                                          "sha256", sha[:8], "resnet"))

@@ -2,10 +2,13 @@
 train_captioner.py writes, for the tests of the scripts that read one; tiny weights in the published
 formats (an official MAE checkpoint's state dict, a torchvision ResNet's)."""
 
+import io
 import re
 from pathlib import Path
 
 import torch
+
+import process_coco
 
 from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ResNetConfig, ViTConfig, config_to_dict
 from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
@@ -74,3 +77,17 @@ def torchvision_resnet_state(config: ResNetConfig = TINY_IMAGENET_RESNET, seed: 
     width = config.widths[-1] * (4 if config.block == "bottleneck" else 1)
     state.update({"fc.weight": torch.randn(10, width), "fc.bias": torch.zeros(10)})
     return state
+
+
+def tiny_processed_shapes(data_dir: Path, n_train: int = 10, n_val: int = 4) -> Path:
+    """process_coco.py's tiny shapes set of 32-pixel images (a 120-token BPE); returns its processed folder."""
+    process_coco.main(["--data-dir", str(data_dir), "--n-train", str(n_train), "--n-val", str(n_val), "--n-test", "1",
+                       "--image-size", "32", "--vocab-size", "120", "--workers", "1", "--no-progress"])
+    return data_dir / "processed"
+
+
+def saved_bytes(payload) -> bytes:
+    """What ``torch.save(payload, file)`` writes: the bytes of a weights file."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
