@@ -108,6 +108,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("data.group_by_length is a train_captioner.py setting (a contrastive batch's other "
                          "captions are its negatives: batches of alike captions would change the loss): "
                          "set data.group_by_length=false")
+    if cfg.train.accumulate_steps != 1:
+        # accumulated micro-batches would each see only their own negatives: not the step of a larger batch
+        raise ValueError("train.accumulate_steps must be 1 here: a contrastive batch's other pairs are its "
+                         "negatives, so micro-batches with summed gradients are not one larger batch; raise "
+                         "data.batch_size instead")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress

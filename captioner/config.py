@@ -131,8 +131,9 @@ class TrainConfig:
     log_every: int = 20  # steps between log lines (and host syncs)
     # cosine: linear warm-up then cosine decay to min_lr; inverse-sqrt: linear warm-up then lr * sqrt(warmup / step)
     schedule: Literal["cosine", "inverse-sqrt"] = "cosine"
-    # Gradient accumulation: one optimiser step per this many micro-batches of data.batch_size each (the
-    # step's batch is their union); the schedule counts optimiser steps
+    # Gradient accumulation (train_encoder.py, train_captioner.py; train_retrieval.py refuses it): one optimiser
+    # step per this many micro-batches of data.batch_size each (captioner/training/accumulate.py); the
+    # schedule counts optimiser steps
     accumulate_steps: int = 1
 
 
