@@ -75,6 +75,7 @@ from captioner.models.captioner import (
 from captioner.models.pretrained import encoder_from_pretrained, load_torchvision_resnet, read_state_dict
 from captioner.models.lstm_decoders import doubly_stochastic_penalty
 from captioner.text.tokenizers import PAD_ID, load_tokenizer
+from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.checkpoints import (
     CheckpointError,
     checkpoint_path,
@@ -83,7 +84,6 @@ from captioner.training.checkpoints import (
     training_state,
 )
 from captioner.training.devices import autocast, make_grad_scaler, setup_device
-from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.distributed import (
     all_reduce_mean,
     barrier,

@@ -41,10 +41,12 @@ from captioner.evaluation.curves import write_curves
 from captioner.evaluation.pictures import mae_reconstruction_figure, save_png
 from captioner.infra.compile import maybe_compile
 from captioner.infra.device_loader import device_image_loader
+from captioner.infra.weights import resolve_weights
 from captioner.models.mae import MaskedAutoencoder
+from captioner.models.pretrained import mae_from_official, read_state_dict
+from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.checkpoints import checkpoint_path, resume_from, save_checkpoint, training_state
 from captioner.training.devices import autocast, make_grad_scaler, setup_device
-from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.distributed import (
     all_reduce_mean,
     barrier,
@@ -72,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                "python train_encoder.py -c runs/shapes_encoder/checkpoint2.pt --set train.epochs=8",
     )
     add_run_arguments(parser, default_config="configs/shapes_encoder.yaml")
+    parser.add_argument("-p", "--pretrained", default=None,
+                        help="continue MAE pretraining from an official MAE checkpoint that holds the decoder too "
+                             "(mae_visualize_vit_*.pth, a file): the architecture (model and the mae decoder) comes "
+                             "from it, replacing the config's; mae.mask_ratio and mae.norm_pix_loss stay the config's")
     return parser
 
 
@@ -92,6 +98,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- 1. config and device -------------------------------------------------------------------
     cfg, resume = resolve_run_config(args, EncoderRunConfig, kind=KIND)
+    pretrained = None
+    if args.pretrained:  # the official weights' architecture replaces the config's, so checkpoints store it
+        if args.checkpoint:
+            raise ValueError("use either -p (start from official MAE weights) or -c (resume a run), not both")
+        path = resolve_weights(args.pretrained, show=not args.no_progress)
+        pretrained = mae_from_official(read_state_dict(path), mask_ratio=cfg.mae.mask_ratio,
+                                       norm_pix_loss=cfg.mae.norm_pix_loss, source=path)
+        cfg.model, cfg.mae = pretrained.encoder.config, pretrained.mae_config
     if cfg.data.group_by_length:
         raise ValueError("data.group_by_length is a train_captioner.py setting (MAE's batches hold images, "
                          "not captions): set data.group_by_length=false")
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     picture_images = to_tensors(val_loader.dataset.get_batch(range(n_pictures)))["images"]  # (n, 3, S, S) uint8
 
     # ---- 3. model, optimiser, gradient scaler, resume --------------------------------------------
-    raw_model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)  # what the checkpoint stores; model is what runs
+    raw_model = (pretrained or MaskedAutoencoder(cfg.model, cfg.mae)).to(device)  # what the checkpoint stores
     compiled = maybe_compile(raw_model, cfg.train.compile, mode=cfg.train.compile_mode)
     model = wrap_ddp(compiled, dist_info)  # [distributed] DDP averages the gradients
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay),

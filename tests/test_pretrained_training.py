@@ -3,11 +3,15 @@ train_captioner.py from an official MAE file and from ImageNet ResNet weights, e
 
 import hashlib
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+import evaluate
 import train_captioner
+import train_encoder
+from captioner.evaluation.own_images import ImageCaptioner
 from captioner.infra import weights
 from captioner.infra.download import DownloadError
 from captioner.infra.weights import PublishedWeights, resolve_weights
@@ -102,6 +106,13 @@ def test_official_mae_file_trains_and_resumes_exactly(workdir):
     first = load_checkpoint(workdir / "mae" / "checkpoint1.pt", kind="captioner")["model"]
     expected = official_mae_state()
     torch.testing.assert_close(first["encoder.patch_embed.proj.weight"], expected["patch_embed.proj.weight"])
+    # evaluate.py and caption.py rebuild the class-token ViT and its preprocessing from the checkpoint alone
+    summary = evaluate.main(["-c", str(workdir / "mae" / "checkpoint2.pt"), "--limit", "2", "--no-progress"])
+    assert summary["n_images"] == 2 and summary["files"]["attention"] is not None
+    captioner = ImageCaptioner.from_checkpoint(workdir / "mae" / "checkpoint2.pt", torch.device("cpu"), "fp32",
+                                               beam_size=2, max_len=6)
+    assert captioner.transform.mean == (0.485, 0.456, 0.406) and captioner.transform.size == 32
+    assert captioner.caption([np.zeros((40, 40, 3), dtype=np.uint8)], top=1)[0]
 
 
 def test_resnet_with_named_imagenet_weights_trains_and_resumes_exactly(workdir, server):
@@ -111,3 +122,30 @@ def test_resnet_with_named_imagenet_weights_trains_and_resumes_exactly(workdir, 
     first = load_checkpoint(workdir / "resnet" / "checkpoint1.pt", kind="captioner")["model"]
     torch.testing.assert_close(first["encoder.stages.1.0.conv2.0.weight"],  # frozen in epoch 0
                                torchvision_resnet_state()["layer2.0.conv2.weight"])
+
+
+def test_mae_pretraining_continues_from_official_weights_and_resumes_exactly(workdir):
+    """train_encoder.py -p: the official encoder *and* decoder, the architecture taken from the file."""
+    sets = [f"data.processed_dir={workdir / 'data' / 'processed'}", "data.batch_size=5", "train.epochs=2",
+            "n_reconstructions=2", "mae.decoder_depth=5"]  # the file's decoder depth (1) wins
+    base = ["--device", "cpu", "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    straight = train_encoder.main(["-p", str(workdir / "mae_official.pth"), "--set",
+                                   f"run_dir={workdir / 'enc'}", *base])
+    resumed = train_encoder.main(["-c", str(workdir / "enc" / "checkpoint1.pt"), "--device", "cpu", "--no-progress",
+                                  "--set", f"run_dir={workdir / 'enc_resumed'}"])
+    assert resumed[1]["train_loss"] == straight[1]["train_loss"]
+    payload = load_checkpoint(workdir / "enc" / "checkpoint2.pt", kind="mae")
+    assert payload["config"]["mae"]["decoder_depth"] == 1 and payload["config"]["model"]["class_token"]
+    again = load_checkpoint(workdir / "enc_resumed" / "checkpoint2.pt", kind="mae")
+    assert all(torch.equal(again["model"][k], t) for k, t in payload["model"].items())
+    # the decoder's weights came from the file: MAE's mask token, before any step
+    first = train_encoder.main(["-p", str(workdir / "mae_official.pth"), "--set", f"run_dir={workdir / 'enc0'}",
+                                *base, "--set", "train.epochs=1", "--set", "train.lr=0", "--set", "train.min_lr=0"])
+    assert len(first) == 1
+    zero_lr = load_checkpoint(workdir / "enc0" / "checkpoint1.pt", kind="mae")["model"]
+    torch.testing.assert_close(zero_lr["decoder.mask_token"], official_mae_state()["mask_token"])
+    # and the captioner starts from the continued encoder, class token and all
+    history = train_captioner.main(["--config", str(workdir / "captioner.yaml"), "--no-progress", "-p",
+                                    str(workdir / "enc"), "--set", f"run_dir={workdir / 'cap_from_enc'}",
+                                    "--set", "train.epochs=1"])
+    assert len(history) == 1

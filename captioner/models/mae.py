@@ -138,6 +138,7 @@ class MaskedAutoencoder(nn.Module):
 
     def __init__(self, vit: ViTConfig, mae: MAEConfig):
         super().__init__()
+        self.mae_config = mae
         self.encoder = ImageEncoder(vit)
         self.decoder = ImageDecoder(vit, mae)
         self.patch_size = vit.patch_size
