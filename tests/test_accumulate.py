@@ -3,13 +3,16 @@
 import pytest
 import torch
 import yaml
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import train_captioner
 import train_encoder
 import train_retrieval
 from captioner.config import CaptionDecoderConfig, MAEConfig, ViTConfig
+from captioner.data.transforms import EvalTransform
 from captioner.models.captioner import build_captioner, caption_loss
 from captioner.models.mae import MaskedAutoencoder
+from captioner.models.vit import patchify
 from captioner.text.tokenizers import PAD_ID
 from captioner.training.accumulate import micro_batch_weights
 from captioner.training.checkpoints import load_checkpoint
@@ -127,6 +130,28 @@ def test_encoder_script_resumes_exactly_with_accumulation(processed, tmp_path): 
     a = load_checkpoint(tmp_path / "straight" / "checkpoint2.pt")["model"]
     b = load_checkpoint(tmp_path / "resumed" / "checkpoint2.pt")["model"]
     assert all(torch.equal(b[k], t) for k, t in a.items())
+
+
+def test_encoder_script_accumulates_as_one_bigger_batch(processed, tmp_path, monkeypatch):  # noqa: F811
+    """The gradient of train_encoder.py's first step: 2 micro-batches of 8 images against one batch of 16, with
+    crops, flips and masks made independent of the batching (a mask ranked by each image's own pixels)."""
+    def batching_free_mae_loss(model, transform, images, generator, num_patches):
+        x = EvalTransform(16)(images)  # (B, 3, 16, 16): no random crop or flip
+        return model(x, noise=patchify(x, 4).sum(-1))[0]  # noise (B, L) from each image alone
+
+    monkeypatch.setattr(train_encoder, "mae_loss", batching_free_mae_loss)
+    first_grads = []
+    handle = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: first_grads.append(
+        [p.grad.clone() for group in optimizer.param_groups for p in group["params"] if p.grad is not None]))
+    try:
+        for name, sets in [("big", ["data.batch_size=16"]), ("accumulated", ["train.accumulate_steps=2"])]:
+            train_encoder.main(encoder_args(processed, tmp_path / name, "train.epochs=1", "train.grad_clip=0", *sets))
+    finally:
+        handle.remove()
+    big, accumulated = first_grads[0], first_grads[1]  # each run has one step (3 batches of 8: 1 window of 2)
+    assert len(first_grads) == 2 and len(big) == len(accumulated)
+    for a, b in zip(accumulated, big):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_retrieval_refuses_accumulation():
