@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "the encoder's architecture and weights come from it, and it is unfrozen layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
                              "of the config's encoder_config YAML, and trains from the first step. "
-                             "ViT encoders only (encoder_kind: vit)")
+                             "ViT encoders only (encoder_kind: vit; a ResNet starts from torchvision's ImageNet "
+                             "weights with --set resnet.weights=resnet101, or a file)")
     return parser
 
 

@@ -15,7 +15,7 @@ from captioner.evaluation.own_images import ImageCaptioner
 from captioner.infra import weights
 from captioner.infra.download import DownloadError
 from captioner.infra.weights import PublishedWeights, resolve_weights
-from captioner.training.checkpoints import load_checkpoint
+from captioner.training.checkpoints import CheckpointError, load_checkpoint
 from http_server import FileServer
 from tiny_checkpoints import (
     TINY_IMAGENET_RESNET,
@@ -149,3 +149,6 @@ def test_mae_pretraining_continues_from_official_weights_and_resumes_exactly(wor
                                     str(workdir / "enc"), "--set", f"run_dir={workdir / 'cap_from_enc'}",
                                     "--set", "train.epochs=1"])
     assert len(history) == 1
+    with pytest.raises(CheckpointError, match="trained at 32 pixels; another size"):
+        train_captioner.main(["--config", str(workdir / "captioner.yaml"), "--no-progress", "-p", str(workdir / "enc"),
+                              "--set", f"run_dir={workdir / 'cap_wrong_size'}", "--set", "vit_image_size=48"])

@@ -305,9 +305,11 @@ def encoder_from_pretrained(path: str | Path, image_size: int | None = None) -> 
     checkpoint or a timm ViT state dict (``image_size``: a size other than the file's own; published
     weights only)."""
     path = Path(path)
-    if path.is_dir():
-        return encoder_from_mae_checkpoint(load_checkpoint(path), path)
-    payload = _read(path)
-    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
-        return encoder_from_mae_checkpoint(payload, path)
-    return vit_from_timm(_state_dict_of(payload, path), image_size, path)
+    payload = load_checkpoint(path) if path.is_dir() else _read(path)
+    if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
+        return vit_from_timm(_state_dict_of(payload, path), image_size, path)
+    encoder = encoder_from_mae_checkpoint(payload, path)
+    if image_size and image_size != encoder.config.image_size:
+        raise CheckpointError(f"{path}: this project's MAE checkpoint was trained at {encoder.config.image_size} "
+                              f"pixels; another size ({image_size}) is for published weights only")
+    return encoder
