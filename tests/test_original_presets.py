@@ -3,6 +3,7 @@ one step on a tiny processed set, with tiny random weights in the published form
 ImageNet ResNets and the official MAE ViT-B (the preset's own decoder, decoding and schedule settings)."""
 
 import pytest
+import torch
 
 import train_captioner
 from captioner.config import CaptionerRunConfig, load_config
@@ -56,12 +57,10 @@ def test_preset_states_the_original_experiment(preset):
         assert get(cfg, key) == value, key
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
-def test_preset_trains_a_step_on_tiny_data(workdir, preset):
-    """One step (all 50 training captions in one batch), with a tiny stand-in for the published weights and a
-narrow transformer decoder of the preset's depth."""
+def tiny_sets(workdir, preset, run_name):
+    """The overrides that shrink a preset to the tiny data and the stand-in weights (the architecture's)."""
     r = TINY_IMAGENET_RESNET
-    sets = [f"run_dir={workdir / preset}", f"data.processed_dir={workdir / 'data' / 'processed'}",
+    sets = [f"run_dir={workdir / run_name}", f"data.processed_dir={workdir / 'data' / 'processed'}",
             "data.batch_size=50", "data.num_workers=0", "train.epochs=1", "train.compile=false",
             "train.precision=fp32", "eval.bleu_images=2", "eval.max_len=6", "data.max_caption_len=16"]
     if PRESETS[preset]["decoder_kind"] == "transformer":  # the preset's depth, at a width a CPU test affords
@@ -73,8 +72,14 @@ narrow transformer decoder of the preset's depth."""
     else:
         sets += ["vit_image_size=32"]
         extra = ["-p", str(workdir / "mae.pth")]
-    history = train_captioner.main(["--config", f"configs/{preset}.yaml", "--no-progress", *extra,
-                                    *[a for s in sets for a in ("--set", s)]])
+    return ["--config", f"configs/{preset}.yaml", "--no-progress", *extra, *[a for s in sets for a in ("--set", s)]]
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_preset_trains_a_step_on_tiny_data(workdir, preset):
+    """One step (all 50 training captions in one batch), with a tiny stand-in for the published weights and
+    a narrow transformer decoder of the preset's depth."""
+    history = train_captioner.main(tiny_sets(workdir, preset, preset))
     assert len(history) == 1 and history[0]["step"] == 1
     payload = load_checkpoint(workdir / preset / "checkpoint1.pt", kind="captioner")
     assert payload["pretrained"] is not None  # started from the (stand-in) published weights
@@ -85,3 +90,17 @@ narrow transformer decoder of the preset's depth."""
             for part in key.split("."):
                 node = node[part]
             assert node == value, key
+
+
+def test_show_attend_tell_preset_with_imagenet_weights_resumes_exactly(workdir):
+    """Two epochs of one step, the encoder unfrozen in the second: straight, and resumed after the first."""
+    name = "original_show_attend_tell_flickr8k"
+    straight = train_captioner.main(tiny_sets(workdir, name, "sat") + ["--set", "train.epochs=2", "--set",
+                                                                      "unfreeze.start_epoch=1"])
+    assert straight[0]["trainable_groups"] == ["decoder"] and len(straight[1]["trainable_groups"]) == 4
+    resumed = train_captioner.main(["-c", str(workdir / "sat" / "checkpoint1.pt"), "--no-progress",
+                                    "--set", f"run_dir={workdir / 'sat_resumed'}"])
+    assert [h["train_loss"] for h in resumed] == [h["train_loss"] for h in straight]
+    a = load_checkpoint(workdir / "sat" / "checkpoint2.pt", kind="captioner")["model"]
+    b = load_checkpoint(workdir / "sat_resumed" / "checkpoint2.pt", kind="captioner")["model"]
+    assert all(torch.equal(b[k], t) for k, t in a.items())
