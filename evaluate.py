@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
         scenes = None
 
     # ---- caption the split ------------------------------------------------------------------
-    transform = EvalTransform(model.encoder.config.image_size)
+    transform = EvalTransform.for_encoder(model.encoder.config)
     start = time.perf_counter()
     captions = caption_images(model, loader, tokenizer, transform, device, precision, beam, alpha, max_len,
                               limit=args.limit, progress=not args.no_progress)

@@ -9,11 +9,13 @@ The encoder is a ViT (``encoder_kind: vit``, the default) or a handwritten ResNe
 decoder a transformer (``decoder_kind: transformer``, the default), a Show-and-Tell LSTM (``lstm``) or a
 Show-Attend-Tell LSTM (``attention-lstm``); see ``configs/ladder_*.yaml``.
 
-Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
+Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint,
+or from published weights (``-p mae_vit_base``, or an official MAE / timm file: docs/pretrained.md);
 without it, the architecture is read from the ``model`` section of the encoder YAML named by the
 config's ``encoder_config`` and the weights start random; with ``-c`` everything comes from the
-captioner checkpoint (which stores the architecture and the tokenizer). A ResNet's architecture is the
-config's ``resnet`` section; it always starts random (no pretrained ResNet exists here).
+captioner checkpoint (which stores the architecture, the preprocessing and the tokenizer). A ResNet's
+architecture is the config's ``resnet`` section; it starts from torchvision's ImageNet weights when
+``resnet.weights`` names them (``resnet101``, or a file), else random.
 
 Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
 cross-entropy with label smoothing over the non-pad targets (plus, when configured, the end-of-sentence
@@ -27,8 +29,9 @@ Each epoch: the training loss, the validation loss, BLEU-4 of beam-search captio
 (N = completed epochs); the best epoch by BLEU-4 is also kept as ``checkpoint_best.pt``.
 
 The training step is written out in ``main``, in numbered sections: 5a the learning rate of the step
-with each group's unfreezing multiplier, 5b the forward pass and the loss under autocast, 5c backward,
-clipping and the optimiser step, 5d the log line; then 6 validation (loss and BLEU-4) and 7 the
+with each group's unfreezing multiplier, 5b the forward pass and the loss under autocast and backward (for
+each micro-batch, with gradient accumulation: ``train.accumulate_steps``), 5c clipping and the optimiser
+step, 5d the log line; then 6 validation (loss and BLEU-4) and 7 the
 checkpoint.
 
 With ``eval.patience`` > 0 training stops after that many epochs without a better BLEU-4.
@@ -60,21 +63,22 @@ from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.metrics import evaluate_captions
 from captioner.infra.compile import maybe_compile
+from captioner.infra.weights import resolve_weights
 from captioner.models.captioner import (
     KIND,
     caption_loss,
     captioner_for_config,
     captioner_from_payload,
     checkpoint_extras,
-    encoder_from_mae_checkpoint,
     eos_suppression_loss,
 )
+from captioner.models.pretrained import encoder_from_pretrained, load_torchvision_resnet, read_state_dict
 from captioner.models.lstm_decoders import doubly_stochastic_penalty
 from captioner.text.tokenizers import PAD_ID, load_tokenizer
+from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.checkpoints import (
     CheckpointError,
     checkpoint_path,
-    load_checkpoint,
     resume_from,
     save_checkpoint,
     training_state,
@@ -85,6 +89,7 @@ from captioner.training.distributed import (
     barrier,
     broadcast_object,
     cleanup,
+    gradient_sync,
     init_distributed,
     rng_states_by_rank,
     weighted_mean,
@@ -116,11 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(parser, default_config="configs/shapes_captioner.yaml")
     parser.add_argument("-p", "--pretrained", default=None,
                         help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt, or its run folder for "
-                             "the latest one): the encoder's "
-                             "architecture and weights come from it, and it is unfrozen layer by layer. "
+                             "the latest one), from named published weights (mae_vit_base, mae_vit_large, "
+                             "mae_vit_huge: downloaded once and checked), or from an official MAE / timm ViT file: "
+                             "the encoder's architecture and weights come from it, and it is unfrozen layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
                              "of the config's encoder_config YAML, and trains from the first step. "
-                             "ViT encoders only (encoder_kind: vit)")
+                             "ViT encoders only (encoder_kind: vit; a ResNet starts from torchvision's ImageNet "
+                             "weights with --set resnet.weights=resnet101, or a file)")
     return parser
 
 
@@ -159,8 +166,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if resume is not None:
         raw_model = captioner_from_payload(resume, args.checkpoint, cfg, max_len)
         pretrained = resume.get("pretrained")
-    elif args.pretrained:
-        encoder = encoder_from_mae_checkpoint(load_checkpoint(args.pretrained), args.pretrained)
+    elif args.pretrained:  # this project's MAE checkpoint, or published ViT weights (a name or a file)
+        encoder = encoder_from_pretrained(resolve_weights(args.pretrained, show),
+                                          cfg.vit_image_size or None)
         raw_model = captioner_for_config(cfg, encoder.config, tokenizer.vocab_size, max_len)
         raw_model.encoder.load_state_dict(encoder.state_dict())
         pretrained = str(args.pretrained)
@@ -169,6 +177,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                                                                       cfg.encoder_config).model
         raw_model = captioner_for_config(cfg, encoder_config, tokenizer.vocab_size, max_len)
         pretrained = None
+        if cfg.encoder_kind == "resnet" and cfg.resnet.weights:  # torchvision's ImageNet weights
+            path = resolve_weights(cfg.resnet.weights, show)
+            load_torchvision_resnet(raw_model.encoder, read_state_dict(path), path)
+            pretrained = cfg.resnet.weights
     encoder_config = raw_model.encoder.config
     extras = checkpoint_extras(encoder_config, tokenizer.vocab_size, raw_model.decoder.max_len, tokenizer_text,
                                pretrained)
@@ -194,11 +206,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                 group_by_image=True, **shard)
     bleu_loader = image_captions_loader(cfg.data.processed_dir, "val", cfg.data.batch_size,
                                         num_workers=cfg.data.num_workers)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = steps_in_epoch(len(train_loader), cfg.train.accumulate_steps)  # optimiser steps
     if steps_per_epoch == 0:
-        raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
-                         f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
-    transform = EvalTransform(encoder_config.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
+        raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one step's "
+                         f"{cfg.train.accumulate_steps} batch(es) of {cfg.data.batch_size} per process "
+                         f"({dist_info.world_size}); lower data.batch_size or train.accumulate_steps")
+    transform = EvalTransform.for_encoder(encoder_config)  # no crop, no flip: the caption describes the whole, unmirrored scene
 
     # ---- 4. optimiser, gradient scaler, resume ----------------------------------------------------
     # Every unfreeze group is in the optimiser from the start, named, so its learning-rate multiplier
@@ -214,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     logger = JsonlLogger(run_dir / "log.jsonl") if dist_info.is_main else None  # [distributed] rank 0 writes
     model = None  # compiled, and [distributed] wrapped in DDP for this epoch's freeze state
     n_params = sum(p.numel() for p in raw_model.parameters())
-    encoder_start = f"MAE encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
+    encoder_start = f"pretrained encoder {pretrained}" if pretrained else "a random encoder (from scratch)"
     if dist_info.is_main:  # [distributed]
         print(f"captioner on {device} ({precision}) from {encoder_start}: {n_params / 1e6:.2f} M parameters, "
               f"{len(train_loader.dataset)} training images, {steps_per_epoch} steps per epoch, "
@@ -242,30 +255,40 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model.train()
         train_loader.batch_sampler.set_epoch(epoch)  # the epoch's order is a function of (seed, epoch)
         meter = LossMeter(device, average)
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not show):
-            images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8, each image once
-            tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T) <sos> ... <eos> <pad>...
-            image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
-
+        batches = iter(train_loader)
+        for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not show):
             # 5a. the learning rate of this step: warm-up, cosine decay, times each group's unfreeze multiplier
             lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps, cfg.train.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr * states[group["name"]].lr_scale
 
-            # 5b. forward pass and loss, under autocast: teacher forcing, the decoder reads the caption
-            # shifted right and predicts it shifted left
-            with autocast(device, precision):
-                x = transform(images)  # (U, 3, H, W) float, normalised
-                out = model(x, tokens[:, :-1], src_index=image_index, return_cross_attention=attention_reg > 0)
-                logits, maps = out if attention_reg > 0 else (out, None)  # (B, T-1, V), [(B, 1, T-1, S)]
-                loss = caption_loss(logits, tokens[:, 1:], cfg.label_smoothing)
-                if cfg.eos_suppression > 0:  # penalise probability on <eos> before the caption's true end
-                    loss = loss + cfg.eos_suppression * eos_suppression_loss(logits, tokens[:, 1:])
-                if attention_reg > 0:  # every grid cell should get about one unit of attention per caption
-                    loss = loss + attention_reg * doubly_stochastic_penalty(maps[-1][:, 0], tokens[:, 1:] != PAD_ID)
+            # 5b. forward pass and loss under autocast, backward through the scaler, for each of the step's
+            # train.accumulate_steps micro-batches (one by default): their gradients add up, each loss weighted
+            # by its share of the step's caption tokens, as one batch that many times larger would average
+            window = take_window(batches, cfg.train.accumulate_steps)
+            weights = micro_batch_weights([int((b["tokens"][:, 1:] != PAD_ID).sum()) for b in window])
+            step_loss = 0.0
+            for i, (batch, weight) in enumerate(zip(window, weights)):
+                images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8, each image once
+                tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T) <sos> ... <eos> <pad>...
+                image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
+                # [distributed] the gradients are all-reduced once, in the step's last backward
+                with gradient_sync(model, last=i == len(window) - 1):
+                    # teacher forcing: the decoder reads the caption shifted right and predicts it shifted left
+                    with autocast(device, precision):
+                        x = transform(images)  # (U, 3, H, W) float, normalised
+                        out = model(x, tokens[:, :-1], src_index=image_index, return_cross_attention=attention_reg > 0)
+                        logits, maps = out if attention_reg > 0 else (out, None)  # (B, T-1, V), [(B, 1, T-1, S)]
+                        loss = caption_loss(logits, tokens[:, 1:], cfg.label_smoothing)
+                        if cfg.eos_suppression > 0:  # penalise probability on <eos> before the caption's true end
+                            loss = loss + cfg.eos_suppression * eos_suppression_loss(logits, tokens[:, 1:])
+                        if attention_reg > 0:  # every grid cell should get about one unit of attention per caption
+                            loss = loss + attention_reg * doubly_stochastic_penalty(maps[-1][:, 0],
+                                                                                    tokens[:, 1:] != PAD_ID)
+                    scaler.scale(loss * weight).backward()
+                step_loss = step_loss + loss.detach() * weight
 
-            # 5c. backward through the scaler, clip, optimiser step
-            scaler.scale(loss).backward()
+            # 5c. clip, optimiser step
             if cfg.train.grad_clip > 0:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)
@@ -274,7 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             optimizer.zero_grad(set_to_none=True)
 
             # 5d. the log line: the loss stays on the device until a line is due (no host sync per step)
-            meter.add(loss, step, tokens.shape[0])
+            meter.add(step_loss, step, sum(b["tokens"].shape[0] for b in window))
             step += 1
             if meter.window_steps == cfg.train.log_every:
                 window_loss, captions_per_s = meter.window(step)
@@ -301,7 +324,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         # [distributed] captions_per_s counts the captions of all processes
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
                   "bleu4": bleu4,
-                  "captions_per_s": steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds,
+                  "captions_per_s": steps_per_epoch * cfg.train.accumulate_steps * cfg.data.batch_size
+                  * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
                   "seconds": time.perf_counter() - start}
         history.append(record)

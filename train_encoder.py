@@ -11,8 +11,8 @@ a picture ``reconstruction{N}.png`` (original | masked | reconstruction), a line
 the run directory.
 
 The training step is written out in ``main``, in numbered sections: 4a the learning rate of the step,
-4b the forward pass and the loss under autocast, 4c backward, clipping and the optimiser step, 4d the
-log line; then 5 validation and 6 the checkpoint. The helpers it calls are plain functions.
+4b the forward pass and the loss under autocast and backward (for each micro-batch, with gradient
+accumulation: ``train.accumulate_steps``), 4c clipping and the optimiser step, 4d the log line; then 5 validation and 6 the checkpoint. The helpers it calls are plain functions.
 
 Exact resume: the data order, the augmentation and the masks of epoch ``e`` come from generators
 seeded with ``(seed, e)``, the learning rate is a function of the step, and the checkpoint holds the
@@ -41,13 +41,17 @@ from captioner.evaluation.curves import write_curves
 from captioner.evaluation.pictures import mae_reconstruction_figure, save_png
 from captioner.infra.compile import maybe_compile
 from captioner.infra.device_loader import device_image_loader
+from captioner.infra.weights import resolve_weights
 from captioner.models.mae import MaskedAutoencoder
+from captioner.models.pretrained import mae_from_official, read_state_dict
+from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.checkpoints import checkpoint_path, resume_from, save_checkpoint, training_state
 from captioner.training.devices import autocast, make_grad_scaler, setup_device
 from captioner.training.distributed import (
     all_reduce_mean,
     barrier,
     cleanup,
+    gradient_sync,
     init_distributed,
     rng_states_by_rank,
     weighted_mean,
@@ -70,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                "python train_encoder.py -c runs/shapes_encoder/checkpoint2.pt --set train.epochs=8",
     )
     add_run_arguments(parser, default_config="configs/shapes_encoder.yaml")
+    parser.add_argument("-p", "--pretrained", default=None,
+                        help="continue MAE pretraining from an official MAE checkpoint that holds the decoder too "
+                             "(mae_visualize_vit_*.pth, a file): the architecture (model and the mae decoder) comes "
+                             "from it, replacing the config's; mae.mask_ratio and mae.norm_pix_loss stay the config's")
     return parser
 
 
@@ -90,6 +98,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- 1. config and device -------------------------------------------------------------------
     cfg, resume = resolve_run_config(args, EncoderRunConfig, kind=KIND)
+    pretrained = None
+    if args.pretrained:  # the official weights' architecture replaces the config's, so checkpoints store it
+        if args.checkpoint:
+            raise ValueError("use either -p (start from official MAE weights) or -c (resume a run), not both")
+        path = resolve_weights(args.pretrained, show=not args.no_progress)
+        pretrained = mae_from_official(read_state_dict(path), mask_ratio=cfg.mae.mask_ratio,
+                                       norm_pix_loss=cfg.mae.norm_pix_loss, source=path)
+        cfg.model, cfg.mae = pretrained.encoder.config, pretrained.mae_config
     if cfg.data.group_by_length:
         raise ValueError("data.group_by_length is a train_captioner.py setting (MAE's batches hold images, "
                          "not captions): set data.group_by_length=false")
@@ -110,11 +126,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                     seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True, **shard)
         val_loader = image_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
                                   num_workers=cfg.data.num_workers, **shard)
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = steps_in_epoch(len(train_loader), cfg.train.accumulate_steps)  # optimiser steps
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training images ({len(train_loader.dataset)}) "
-                         f"than one batch ({cfg.data.batch_size}) per process ({dist_info.world_size}); "
-                         "lower data.batch_size")
+                         f"than one step's {cfg.train.accumulate_steps} batch(es) of {cfg.data.batch_size} per "
+                         f"process ({dist_info.world_size}); lower data.batch_size or train.accumulate_steps")
     size = cfg.model.image_size
     train_transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
     eval_transform = EvalTransform(size)
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     picture_images = to_tensors(val_loader.dataset.get_batch(range(n_pictures)))["images"]  # (n, 3, S, S) uint8
 
     # ---- 3. model, optimiser, gradient scaler, resume --------------------------------------------
-    raw_model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)  # what the checkpoint stores; model is what runs
+    raw_model = (pretrained or MaskedAutoencoder(cfg.model, cfg.mae)).to(device)  # what the checkpoint stores
     compiled = maybe_compile(raw_model, cfg.train.compile, mode=cfg.train.compile_mode)
     model = wrap_ddp(compiled, dist_info)  # [distributed] DDP averages the gradients
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay),
@@ -149,20 +165,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         # the crops, flips and masks of this epoch; [distributed] each process its own (the rank's)
         generator = seeded_generator(device, cfg.train.seed, TRAIN_STREAM, epoch, dist_info.rank)
         meter = LossMeter(device, average)
-        for batch in tqdm(train_loader, desc=f"epoch {epoch}", leave=False, disable=not show):
-            images = batch["images"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
-
+        batches = iter(train_loader)
+        for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not show):
             # 4a. the learning rate of this step: warm-up, then cosine decay
             lr = lr_at_step(step, cfg.train.lr, cfg.train.min_lr, warmup_steps, total_steps, cfg.train.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
-            # 4b. forward pass and loss, under autocast
-            with autocast(device, precision):
-                loss = mae_loss(model, train_transform, images, generator, raw_model.num_patches)
+            # 4b. forward pass and loss under autocast, backward through the scaler, for each of the step's
+            # train.accumulate_steps micro-batches (one by default): their gradients add up, each loss weighted
+            # by its share of the step's images, as one batch that many times larger would average
+            window = take_window(batches, cfg.train.accumulate_steps)
+            weights = micro_batch_weights([b["images"].shape[0] for b in window])
+            step_loss = 0.0
+            for i, (batch, weight) in enumerate(zip(window, weights)):
+                images = batch["images"].to(device, non_blocking=True)  # (B, 3, S, S) uint8
+                with gradient_sync(model, last=i == len(window) - 1):  # [distributed] all-reduce in the last backward
+                    with autocast(device, precision):
+                        loss = mae_loss(model, train_transform, images, generator, raw_model.num_patches)
+                    scaler.scale(loss * weight).backward()
+                step_loss = step_loss + loss.detach() * weight
 
-            # 4c. backward through the scaler, clip, optimiser step
-            scaler.scale(loss).backward()
+            # 4c. clip, optimiser step
             if cfg.train.grad_clip > 0:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 torch.nn.utils.clip_grad_norm_(parameters, cfg.train.grad_clip)
@@ -171,7 +195,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             optimizer.zero_grad(set_to_none=True)
 
             # 4d. the log line: the loss stays on the device until a line is due (no host sync per step)
-            meter.add(loss, step, images.shape[0])
+            meter.add(step_loss, step, sum(b["images"].shape[0] for b in window))
             step += 1
             if meter.window_steps == cfg.train.log_every:
                 window_loss, images_per_s = meter.window(step)
@@ -191,7 +215,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if dist_info.is_main:  # [distributed]
             picture = _reconstruction_picture(raw_model, eval_transform, picture_images, device, cfg.train.seed)
             save_png(picture, run_dir / f"reconstruction{epoch + 1}.png")
-        images_per_s = steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds  # all processes
+        images_per_s = (steps_per_epoch * cfg.train.accumulate_steps * cfg.data.batch_size * dist_info.world_size
+                        / train_seconds)  # all processes
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
                   "images_per_s": images_per_s, "seconds": time.perf_counter() - start}
         history.append(record)

@@ -116,6 +116,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("data.group_by_length is a train_captioner.py setting (a contrastive batch's other "
                          "captions are its negatives: batches of alike captions would change the loss): "
                          "set data.group_by_length=false")
+    if cfg.train.accumulate_steps != 1:
+        # accumulated micro-batches would each see only their own negatives: not the step of a larger batch
+        raise ValueError("train.accumulate_steps must be 1 here: a contrastive batch's other pairs are its "
+                         "negatives, so micro-batches with summed gradients are not one larger batch; raise "
+                         "data.batch_size instead")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
                          f"({cfg.data.batch_size}) per process ({dist_info.world_size}); lower data.batch_size")
-    transform = EvalTransform(vit.image_size)  # no crop, no flip: the caption describes the whole, unmirrored scene
+    transform = EvalTransform.for_encoder(vit)  # no crop, no flip: the caption describes the whole, unmirrored scene
 
     # ---- 4. optimiser (AdamW or LAMB), gradient scaler, resume --------------------------------------
     optimizer = make_optimizer(param_groups(raw_model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,

@@ -47,6 +47,10 @@ def only_when(default: Any, key: str, *values: str, scope: str = "section") -> A
 # The schemas
 # --------------------------------------------------------------------------------------------------
 
+# The ImageNet statistics that every encoder here normalises with (torchvision's and MAE's too)
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
 # torch.compile's modes, the choices of TrainConfig.compile_mode
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -76,6 +80,14 @@ class ViTConfig:
     # (each token sees its patch only); > 0 lets a token see the edges its patch shares with its
     # neighbours (MAE blanks the masked patches first, so nothing hidden leaks; models/vit.py).
     patch_overlap: int = 0
+    # The field's published ViTs (the official MAE weights, timm's): a class token ahead of the patches,
+    # LayerNorm epsilon 1e-6, and for timm's a learned position embedding (captioner/models/pretrained.py).
+    class_token: bool = False
+    position_embedding: Literal["sincos", "learned"] = "sincos"  # sincos: fixed, not stored; learned: a parameter
+    norm_eps: float = 1e-5
+    # The preprocessing the weights expect, kept with the architecture in every checkpoint
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 @dataclass
@@ -89,6 +101,11 @@ class ResNetConfig:
     stem_pool: bool = False  # 3x3 max pool of stride 2 after the stem conv (ResNet-50/101: true)
     widths: list[int] = field(default_factory=lambda: [32, 64, 128])  # inner width of each stage's blocks
     blocks: list[int] = field(default_factory=lambda: [1, 1, 1])  # blocks per stage; stages after the first halve H, W
+    # torchvision ImageNet weights to start from: a name (resnet50, resnet101, ...: docs/pretrained.md) or a
+    # file; "" starts random. The architecture above must be the file's.
+    weights: str = ""
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # the preprocessing, as in ViTConfig
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
 
 @dataclass
@@ -127,6 +144,10 @@ class TrainConfig:
     log_every: int = 20  # steps between log lines (and host syncs)
     # cosine: linear warm-up then cosine decay to min_lr; inverse-sqrt: linear warm-up then lr * sqrt(warmup / step)
     schedule: Literal["cosine", "inverse-sqrt"] = "cosine"
+    # Gradient accumulation (train_encoder.py, train_captioner.py; train_retrieval.py refuses it): one optimiser
+    # step per this many micro-batches of data.batch_size each (captioner/training/accumulate.py); the
+    # schedule counts optimiser steps
+    accumulate_steps: int = 1
 
 
 @dataclass
@@ -192,9 +213,10 @@ class CaptionerRunConfig:
     """Configuration of ``train_captioner.py``."""
 
     run_dir: str = "runs/shapes_captioner"
-    encoder_kind: Literal["vit", "resnet"] = "vit"  # resnet: architecture from the resnet section, always from scratch
+    encoder_kind: Literal["vit", "resnet"] = "vit"  # resnet: architecture (and weights) from the resnet section
     decoder_kind: Literal["transformer", "lstm", "attention-lstm"] = "transformer"
     encoder_config: str = "configs/shapes_encoder.yaml"  # vit: architecture source when training from scratch (no -p)
+    vit_image_size: int = 0  # -p with published ViT weights: the input size (0: the weights' own)
     data: DataConfig = field(default_factory=DataConfig)
     resnet: ResNetConfig = field(default_factory=ResNetConfig)  # encoder_kind resnet only
     decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)  # decoder_kind transformer only

@@ -244,12 +244,13 @@ def _worker(rank: int, ports: list[int], workdir: Path) -> None:
         seen["captioner_history"] = train_captioner.main(
             script_args("shapes_captioner.yaml", workdir, *TINY_CAPTIONER, f"run_dir={workdir / 'captioner'}",
                         "train.epochs=2") + ["-p", str(workdir / "encoder" / "checkpoint1.pt")])
-        # a ResNet + attention LSTM from scratch: its weights must stay identical on both processes too
+        # a ResNet + attention LSTM from scratch: its weights must stay identical on both processes too, with
+        # gradient accumulation (DDP all-reduces once per step, in the second micro-batch's backward)
         os.environ["MASTER_PORT"] = str(ports[3])
         captioner_weights, seen["captioner_weights"] = seen["captioner_weights"], []  # the recorder's list
         seen["cnn_lstm_history"] = train_captioner.main(
             script_args("ladder_resnet_attention_lstm.yaml", workdir, *TINY_CNN_LSTM, f"run_dir={workdir / 'cnn_lstm'}",
-                        "train.epochs=1"))
+                        "train.epochs=1", "train.accumulate_steps=2"))
         seen["cnn_lstm_weights"], seen["captioner_weights"] = seen["captioner_weights"], captioner_weights
     finally:
         train_captioner.training_state = real_training_state
@@ -560,3 +561,4 @@ def test_a_resnet_attention_lstm_trains_identically_on_both_processes(two_proces
     assert [k for k in weights0 if not torch.equal(weights0[k], weights1[k])] == []
     histories = [seen["cnn_lstm_history"] for seen in two_processes]
     assert [h["train_loss"] for h in histories[0]] == [h["train_loss"] for h in histories[1]]
+    assert histories[0][0]["step"] == 1  # 2 batches of 4 images per process: one accumulated step

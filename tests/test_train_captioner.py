@@ -170,7 +170,7 @@ def test_wrong_checkpoint_kinds_are_clear_errors(workdir, pretrained_run):
         run(workdir, "wrong_c", "-c", str(workdir / "mae.pt"))
     with pytest.raises(ValueError, match="not both"):
         run(workdir, "both", "-c", str(run_dir / "checkpoint1.pt"), "-p", str(workdir / "mae.pt"))
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint or weights file, nor named weights"):
         run(workdir, "missing", "-p", str(workdir / "nope.pt"))
     with pytest.raises(ValueError, match="data.on_device is a train_encoder.py setting"):
         run(workdir, "on_device", "--set", "data.on_device=true")

@@ -24,13 +24,16 @@ class FeedForward(nn.Module):
 
 
 class EncoderLayer(nn.Module):
-    """x + attn(LN(x)), then x + ff(LN(x)). (B, S, C) -> (B, S, C)."""
+    """x + attn(LN(x)), then x + ff(LN(x)). (B, S, C) -> (B, S, C).
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+    ``norm_eps`` is the LayerNorms' epsilon (timm's and MAE's ViTs use 1e-6; PyTorch's default is 1e-5).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0, norm_eps: float = 1e-5):
         super().__init__()
-        self.norm1 = nn.LayerNorm(d_model)
+        self.norm1 = nn.LayerNorm(d_model, eps=norm_eps)
         self.attn = MultiHeadAttention(d_model, n_heads, dropout)
-        self.norm2 = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model, eps=norm_eps)
         self.ff = FeedForward(d_model, d_ff, dropout)
         self.dropout = nn.Dropout(dropout)
 
@@ -93,10 +96,11 @@ class TransformerEncoder(nn.Module):
     freeze or unfreeze single layers.
     """
 
-    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0):
+    def __init__(self, n_layers: int, d_model: int, n_heads: int, d_ff: int, dropout: float = 0.0,
+                 norm_eps: float = 1e-5):
         super().__init__()
-        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout) for _ in range(n_layers))
-        self.norm = nn.LayerNorm(d_model)
+        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff, dropout, norm_eps) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """x (B, S, C); key_padding_mask (B, S) bool, True = padding. Returns (B, S, C)."""

@@ -204,6 +204,12 @@ class EvalTransform:
         self.size = size
         self.mean, self.std = tuple(mean), tuple(std)
 
+    @classmethod
+    def for_encoder(cls, config):
+        """The transform an encoder's weights expect: its config's ``image_size``, ``mean`` and ``std``
+        (a ViTConfig or ResNetConfig, as stored in every checkpoint)."""
+        return cls(config.image_size, config.mean, config.std)
+
     def __call__(self, images, generator=None):
         x = normalize(images, self.mean, self.std)  # (B, 3, H, W) float
         x = resize(x, self.size)  # (B, 3, >=size, >=size)

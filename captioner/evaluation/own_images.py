@@ -133,7 +133,7 @@ class ImageCaptioner(OwnImageLoader):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device, self.precision = device, precision
         self.image_size = image_size
-        self.transform = EvalTransform(model.encoder.config.image_size)
+        self.transform = EvalTransform.for_encoder(model.encoder.config)
         self.beam_size, self.alpha, self.max_len = beam_size, alpha, max_len
         check_settings(beam_size, 1, max_len, self.model.decoder.max_len)
 

@@ -24,7 +24,7 @@ the encoder and decoder kinds and the decoder's settings) it stores the encoder 
 :func:`load_captioner` rebuilds model and tokenizer from the checkpoint alone.
 
 A pretrained encoder comes from an MAE checkpoint (:func:`encoder_from_mae_checkpoint`), whose own
-stored config gives the architecture.
+stored config gives the architecture, or from published weights (``captioner/models/pretrained.py``).
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ from captioner.models.vit import (
     ImageEncoder,
     init_linear_and_norm,
     patchify,
+    position_table,
     unpatchify,
 )
-from transformer_components import TransformerEncoder, sincos_2d_position_encoding
+from transformer_components import TransformerEncoder
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -90,7 +91,9 @@ class ImageDecoder(nn.Module):
     """The light MAE decoder: visible tokens (B, n_keep, C) + ids_restore (B, L) -> pixels (B, L, D).
 
     It works in its own, narrower width Cd and has its own fixed position embedding: the encoder's
-    was added before the shuffle, and the mask tokens need to know where they are.
+    was added before the shuffle, and the mask tokens need to know where they are. With a class token
+    (``vit.class_token``, the official MAE weights) ``latent`` has it in front, (B, 1 + n_keep, C): it
+    passes through the decoder's layers at its own position and is dropped before the prediction.
     """
 
     def __init__(self, vit: ViTConfig, mae: MAEConfig):
@@ -101,23 +104,25 @@ class ImageDecoder(nn.Module):
         width = mae.decoder_width
         self.embed = nn.Linear(vit.width, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.register_buffer("pos_embed", sincos_2d_position_encoding(grid, grid, width)[None], persistent=False)
+        self.n_prefix = 1 if vit.class_token else 0
+        self.register_buffer("pos_embed", position_table(grid, width, vit.class_token), persistent=False)
         self.transformer = TransformerEncoder(
-            mae.decoder_depth, width, mae.decoder_heads, int(width * vit.mlp_ratio), vit.dropout
+            mae.decoder_depth, width, mae.decoder_heads, int(width * vit.mlp_ratio), vit.dropout, norm_eps=vit.norm_eps
         )
         self.head = nn.Linear(width, vit.patch_size**2 * 3)
         init_linear_and_norm(self)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def forward(self, latent: Tensor, ids_restore: Tensor) -> Tensor:
-        x = self.embed(latent)  # (B, n_keep, Cd)
+        x = self.embed(latent)  # (B, n_prefix + n_keep, Cd)
+        prefix, x = x[:, :self.n_prefix], x[:, self.n_prefix:]  # (B, n_prefix, Cd), (B, n_keep, Cd)
         B, n_keep, width = x.shape
         L = ids_restore.shape[1]
         mask_tokens = self.mask_token.expand(B, L - n_keep, width)  # (B, L - n_keep, Cd)
         x = torch.cat([x, mask_tokens], dim=1)  # (B, L, Cd), in shuffled order
         x = x.gather(1, ids_restore[..., None].expand(-1, -1, width))  # (B, L, Cd), in patch order
-        x = self.transformer(x + self.pos_embed)  # (B, L, Cd)
-        return self.head(x)  # (B, L, D)
+        x = self.transformer(torch.cat([prefix, x], dim=1) + self.pos_embed)  # (B, n_prefix + L, Cd)
+        return self.head(x[:, self.n_prefix:])  # (B, L, D)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -133,6 +138,7 @@ class MaskedAutoencoder(nn.Module):
 
     def __init__(self, vit: ViTConfig, mae: MAEConfig):
         super().__init__()
+        self.mae_config = mae
         self.encoder = ImageEncoder(vit)
         self.decoder = ImageDecoder(vit, mae)
         self.patch_size = vit.patch_size
@@ -144,7 +150,7 @@ class MaskedAutoencoder(nn.Module):
     def forward_encoder(
         self, images: Tensor, noise: Tensor | None = None, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """images (B, 3, H, W) -> latent (B, n_keep, C), mask (B, L), ids_restore (B, L)."""
+        """images (B, 3, H, W) -> latent (B, n_prefix + n_keep, C), mask (B, L), ids_restore (B, L)."""
         if self.encoder.patch_embed.overlap:
             # An overlapping patch embedding would let a visible token see the edges of its hidden
             # neighbours: blank the masked patches (0 = the mean colour after normalisation) first.
@@ -155,6 +161,7 @@ class MaskedAutoencoder(nn.Module):
             images = images * unpatchify(per_pixel.to(images.dtype), self.patch_size, images.shape[1])
         x = self.encoder.embed(images)  # (B, L, C)
         x, mask, ids_restore = random_masking(x, self.mask_ratio, generator, noise)  # (B, n_keep, C)
+        x = self.encoder.with_class_token(x)  # (B, n_prefix + n_keep, C): a class token joins after masking
         return self.encoder.transformer(x), mask, ids_restore
 
     def patch_targets(self, images: Tensor) -> Tensor:

@@ -25,10 +25,10 @@ The output is the last stage's feature map read as a sequence, ``(B, H*W, C)`` r
 attends over it exactly as over the ViT's patch features. There is no global pooling here; the
 Show-and-Tell decoder averages the grid itself.
 
-The ResNet-50/101-shaped presets (``configs/coco_resnet*.yaml``) start from random weights: this project
-has no ImageNet weights and downloads none. The seeds started from ImageNet-pretrained ResNets, whose
-features already know objects; a ResNet trained from scratch on captions alone learns them from far
-less data and needs many more epochs to get close.
+The layout is torchvision's, so its ImageNet weights load by key mapping (``resnet.weights: resnet101``;
+``captioner/models/pretrained.py``), as the original projects started. The ``configs/coco_resnet*.yaml``
+presets start from random weights instead: a ResNet trained from scratch on captions alone learns from far
+less data what ImageNet taught, and needs many more epochs to get close.
 """
 
 from __future__ import annotations

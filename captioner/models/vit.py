@@ -123,12 +123,27 @@ def init_linear_and_norm(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def position_table(grid_size: int, width: int, class_token: bool) -> Tensor:
+    """MAE's fixed 2-D sin-cos table for a ``grid_size`` x ``grid_size`` grid: (1, [1 +] L, C), with an
+    all-zero row in front for the class token when there is one (as facebookresearch/mae stores it)."""
+    table = sincos_2d_position_encoding(grid_size, grid_size, width)  # (L, C)
+    if class_token:
+        table = torch.cat([torch.zeros(1, width), table])  # (1 + L, C)
+    return table[None]
+
+
 class ImageEncoder(nn.Module):
     """The Vision Transformer: images (B, 3, H, W) -> patch features (B, L, C).
 
-    ``embed`` (patches + fixed position embedding) and ``transformer`` (pre-norm layers + final
-    norm) are separate steps so that MAE can drop the masked tokens in between: they never reach
-    a transformer layer. There is no class token; the captioner attends over all patch features.
+    ``embed`` (patches + position embedding) and ``transformer`` (pre-norm layers + final norm) are
+    separate steps so that MAE can drop the masked tokens in between: they never reach a transformer
+    layer.
+
+    The project's own ViT has no class token and a fixed sin-cos position embedding. The published
+    ViTs it loads (``captioner/models/pretrained.py``) have a class token (``vit.class_token``): it goes
+    through the transformer ahead of the patches (:meth:`with_class_token`), and :meth:`forward` returns
+    the L patch features only, so a decoder still attends over a grid. timm's ViTs learn their position
+    embedding (``vit.position_embedding: learned``): a parameter of shape (1, [1 +] L, C).
     """
 
     def __init__(self, vit: ViTConfig):
@@ -139,10 +154,20 @@ class ImageEncoder(nn.Module):
         self.patch_embed = PatchEmbedding(vit.image_size, vit.patch_size, vit.width, overlap=vit.patch_overlap)
         self.num_patches = self.patch_embed.num_patches
         self.width = vit.width  # C, what a decoder reads
+        self.n_prefix = 1 if vit.class_token else 0  # tokens ahead of the patches
         grid = self.grid_size = self.patch_embed.grid_size
-        # Fixed, derived from the config: not a parameter, and not stored in checkpoints.
-        self.register_buffer("pos_embed", sincos_2d_position_encoding(grid, grid, vit.width)[None], persistent=False)
-        self.transformer = TransformerEncoder(vit.depth, vit.width, vit.heads, int(vit.width * vit.mlp_ratio), vit.dropout)
+        table = position_table(grid, vit.width, vit.class_token)  # (1, n_prefix + L, C)
+        if vit.position_embedding == "learned":
+            self.pos_embed = nn.Parameter(table)
+        else:  # fixed, derived from the config: not a parameter, and not stored in checkpoints
+            self.register_buffer("pos_embed", table, persistent=False)
+        if vit.class_token:
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, vit.width))
+            nn.init.normal_(self.cls_token, std=0.02)  # as MAE
+        else:
+            self.register_parameter("cls_token", None)
+        self.transformer = TransformerEncoder(vit.depth, vit.width, vit.heads, int(vit.width * vit.mlp_ratio),
+                                              vit.dropout, norm_eps=vit.norm_eps)
         init_linear_and_norm(self.transformer)
 
     def layer_groups(self) -> list[list[nn.Module]]:
@@ -153,8 +178,19 @@ class ImageEncoder(nn.Module):
 
     def embed(self, images: Tensor) -> Tensor:
         """Patch tokens with their position embedding: (B, 3, H, W) -> (B, L, C)."""
-        return self.patch_embed(images) + self.pos_embed  # (B, L, C)
+        return self.patch_embed(images) + self.pos_embed[:, self.n_prefix:]  # (B, L, C)
+
+    def with_class_token(self, x: Tensor) -> Tensor:
+        """(B, N, C) patch tokens -> (B, n_prefix + N, C): the class token (with its position) in front."""
+        if self.cls_token is None:
+            return x
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, C)
+        return torch.cat([cls, x], dim=1)
+
+    def forward_tokens(self, images: Tensor) -> Tensor:
+        """(B, 3, H, W) -> (B, n_prefix + L, C): every token after the final LayerNorm, class token first."""
+        return self.transformer(self.with_class_token(self.embed(images)))
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, L, C): features of every patch, after the final LayerNorm."""
-        return self.transformer(self.embed(images))
+        return self.forward_tokens(images)[:, self.n_prefix:]

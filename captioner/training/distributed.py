@@ -22,6 +22,7 @@ path runs exactly as it would without this module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -109,6 +110,13 @@ def wrap_ddp(model: nn.Module, info: DistInfo, previous: nn.Module | None = None
     ddp = DistributedDataParallel(model, device_ids=device_ids)
     ddp.trainable_when_built = trainable
     return ddp
+
+
+def gradient_sync(model: nn.Module, last: bool):
+    """Gradient accumulation under DDP: ``model.no_sync()`` for every micro-batch but the ``last`` of a
+    step (its gradients stay local and add up), so the gradients are all-reduced once per step; a plain
+    context in a single process and for the last micro-batch."""
+    return model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,9 +12,8 @@ parameters are split into groups::
 
 For a ResNet encoder the same names stand for its stem (``patch_embed``) and its stages
 (``encoder_layer{i}``): the stem is the input side, as the patch embedding is for the ViT. Each encoder
-lists its groups in ``layer_groups()``. (No pretrained ResNet exists in this project, so a ResNet
-captioner trains from scratch and every group trains from the first step; the grouping still gives its
-optimiser the same named layout as the ViT's.)
+lists its groups in ``layer_groups()``. A ResNet with ImageNet weights (``resnet.weights``) unfreezes
+stage by stage like the ViT layer by layer; a random one trains every group from the first step.
 
 The decoder always trains at the full learning rate. The encoder is frozen before
 ``unfreeze.start_epoch``; from then on ``unfreeze.groups_per_epoch`` more encoder groups train each
