@@ -138,6 +138,13 @@ MUTANTS = [
     mutant("selection-ignores-select-by", "train_captioner.py",
            '"selection": val_scores[cfg.eval.select_by]', '"selection": val_scores["CIDEr-D"]',
            [*TRAIN_CAPTIONER_TESTS, "-k", "criterion"], "checkpoint_best.pt always by CIDEr-D"),
+    # ---- Karpathy's splits and Flickr8k's files
+    mutant("karpathy-restval-left-out", "captioner/data/karpathy.py",
+           'restval: str = "train") -> tuple', 'restval: str = "skip") -> tuple',
+           ["tests/test_karpathy.py", "-k", "karpathy_coco_splits"], "restval must join train by default"),
+    mutant("flickr8k-duplicate-captions-kept", "captioner/data/karpathy.py",
+           "elif (name, k) in seen:", "elif False:",
+           ["tests/test_karpathy.py", "-k", "flickr8k_text_files"]),
     # ---- 7. resuming a two-process checkpoint in one process
     mutant("resume-takes-the-last-ranks-rng", "captioner/training/checkpoints.py",
            'set_rng_state(payload["rng"])', 'set_rng_state(payload.get("rng_by_rank", [payload["rng"]])[-1])',
