@@ -123,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=5000,
                         help="tokenizer vocabulary size, the 4 special tokens included (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="side of the cached square images (default: 64 for shapes, 256 for coco); "
+                        help="side of the cached square images (default: 64 for shapes, 256 for the others); "
                              "shapes are also drawn at this size")
     parser.add_argument("--n-train", type=int, default=4000, help="shapes: training images (default: %(default)s)")
     parser.add_argument("--n-val", type=int, default=500, help="shapes: validation images (default: %(default)s)")
