@@ -2,27 +2,32 @@
 
     python evaluate.py -c runs/shapes_captioner/checkpoint_best.pt             # the val split
     python evaluate.py -c runs/shapes_captioner/checkpoint_best.pt --beam 6 --alpha 0.6
-    python evaluate.py -c runs/coco_captioner --split test                     # COCO test: captions, no scores
+    python evaluate.py -c runs/shapes_captioner/checkpoint_best.pt --split test  # the test split: report this
+    python evaluate.py -c runs/coco_captioner --split test                     # COCO 2017 test: captions, no scores
+    python evaluate.py -c runs/flickr8k_captioner/checkpoint_best.pt --split test --official   # + the toolkit's table
 
 Everything comes from the checkpoint: the model, the tokenizer, and the defaults of the beam size,
 alpha, the caption length and the processed data folder (its ``eval`` and ``data`` settings).
 
 Each batch of images is decoded at once by beam search over the KV cache with GNMT length
-normalisation; the captions are scored with BLEU-1..4 and CIDEr-D as the COCO caption toolkit
-computes them (``captioner/evaluation/metrics.py``), beside the *blind baseline*: the single training caption
+normalisation; the captions are scored with BLEU-1..4, ROUGE-L and CIDEr-D as the COCO caption toolkit
+computes them (``captioner/evaluation/metrics.py``): the papers' table but METEOR and SPICE, beside the *blind baseline*: the single training caption
 that is best for every image (``captioner/evaluation/blind_baseline.py``), which shows how much of the score
 the image earns. On the shapes data the captions are also checked against the scenes the generator
 drew (``captioner/evaluation/truth.py``): the share of their claims that are true, the share true in
-full, and how well the whole-scene captions get the objects' count, colours and shapes. COCO's test
-split has no public captions: then the captions are written and no scores are computed (the truth
-score needs no references, so a shapes test split still gets it).
+full, and how well the whole-scene captions get the objects' count, colours and shapes. The checkpoint
+is chosen on val (``checkpoint_best.pt``); the figures to report are those of ``--split test``
+(docs/protocol.md). COCO 2017's test split has no public captions: then the captions are written and
+no scores are computed. ``--official`` also scores the captions with the toolkit itself
+(``pycocoevalcap`` and Java, ``captioner/evaluation/official.py``) and prints its whole table,
+METEOR and SPICE included, beside the project's own.
 
 Written to ``--out-dir`` (default: ``eval_<checkpoint name>_<split>`` beside the checkpoint):
 
 - ``captions.json``: the COCO results format ``[{"image_id": int, "caption": str}]``, which the
   official toolkit reads too (``--out`` puts it elsewhere);
-- ``captions.scores.json`` beside it: the scores, the truth score (null on COCO), the blind baseline
-  and the settings;
+- ``captions.scores.json`` beside it: the scores, the truth score (null on COCO), the blind baseline,
+  the toolkit's table with ``--official`` (else null) and the settings;
 - ``samples.png``: sample images with the generated caption and one reference; on shapes each
   caption is marked true (green) or false (red), gray where the truth parser could not read it;
 - ``attention.png``: for a few images, the decoder's cross-attention over the image patches while
@@ -49,6 +54,7 @@ from captioner.evaluation.attention_maps import word_attention
 from captioner.evaluation.blind_baseline import blind_scores, choose_blind_caption
 from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.metrics import evaluate_captions
+from captioner.evaluation.official import check_toolkit, official_scores, official_table
 from captioner.evaluation.pictures import attention_figure, captions_figure, picture_scale, save_png
 from captioner.evaluation.truth import check_caption, shapes_scenes, truth_scores
 from captioner.infra.fileio import atomic_write_bytes
@@ -57,7 +63,7 @@ from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
 from captioner.training.checkpoints import latest_checkpoint
 from captioner.training.devices import autocast, resolve_device, resolve_precision
 
-METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D")
+METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")
 # The truth score's rows in the printed table: (label, where in truth_scores' dict).
 TRUTH_ROWS = (("claims true", ("claims_true",)), ("captions true", ("captions_true",)), ("unparsed", ("unparsed",)),
               ("scene: count", ("whole_scene", "count")), ("scene: colours", ("whole_scene", "colours")),
@@ -68,7 +74,7 @@ N_ATTENTION = 3  # images in attention.png
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Caption a split with batched beam search, print BLEU-1..4, CIDEr-D and (on the shapes data) "
+        description="Caption a split with batched beam search, print BLEU-1..4, ROUGE-L, CIDEr-D and (on the shapes data) "
                     "the truth score beside a blind baseline, and write the captions (COCO results format), the "
                     "scores, a PNG of sample captions marked true/false and a PNG of the decoder's cross-attention "
                     "per word.",
@@ -77,7 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--checkpoint", required=True,
                         help="captioner checkpoint (train_captioner.py's checkpoint*.pt), or its run folder "
                              "(then its latest checkpoint<N>.pt)")
-    parser.add_argument("--split", default="val", help="processed split to caption: val (default) or test")
+    parser.add_argument("--split", default="val",
+                        help="processed split to caption: val (default; where checkpoint_best.pt was chosen) or "
+                             "test (the figures to report)")
+    parser.add_argument("--official", action="store_true",
+                        help="also score the captions with the COCO caption toolkit (pip install pycocoevalcap, and "
+                             "a Java runtime) and print its whole table (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE) "
+                             "beside the project's; SPICE needs Stanford CoreNLP, which the toolkit downloads once")
     parser.add_argument("--beam", type=int, default=None,
                         help="beam size; 1 = greedy (default: the checkpoint's eval.beam_size)")
     parser.add_argument("--alpha", type=float, default=None,
@@ -183,6 +195,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.official:
+        check_toolkit()  # before captioning: say what to install now, not after minutes of beam search
 
     # ---- the scenes, on shapes: before captioning, so that a mismatched folder fails fast ------
     loader = image_captions_loader(processed_dir, args.split, batch_size)
@@ -229,6 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
               f"beam {beam}, alpha {alpha:g}")
         print(f"blind baseline: {chosen.caption!r} for every image (of the {chosen.n_candidates} most frequent "
               f"training captions, the best CIDEr-D on {chosen.n_heldout} held-out training images)")
+    official = None
+    if args.official and model_scores is not None:
+        official = official_scores(scored, {image_id: captions[image_id] for image_id in scored})
+        print("the COCO caption toolkit (pycocoevalcap) on the same captions:")
+        print(official_table(model_scores, official))
+    elif args.official:
+        print("--official: no reference captions on this split, nothing for the toolkit to score")
     if truth is not None:
         whole = truth["model"]["whole_scene"]["n_captions"]
         print(f"truth: {truth['model']['n_claims']} claims checked against the generator's scenes; unparsed captions "
@@ -256,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint": str(checkpoint), "split": args.split, "processed_dir": str(processed_dir),
         "n_images": len(captions), "beam_size": beam, "alpha": alpha, "max_len": max_len,
         "device": str(device), "precision": precision, "caption_seconds": round(seconds, 3),
-        "model": model_scores, "blind_baseline": blind, "truth": truth,
+        "model": model_scores, "blind_baseline": blind, "truth": truth, "official": official,
         "files": {"captions": str(results_path), "samples": str(samples_path), "attention": str(attention_path) if attention_path else None},
     }
     write_json(scores_path, summary)

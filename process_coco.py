@@ -5,11 +5,15 @@
     python process_coco.py --source coco                    # MS COCO 2017, downloaded into data/coco/raw
     python process_coco.py --source coco --coco-dir /datasets/coco2017   # a copy you already have
     python process_coco.py --source wit --wit-files shard1.json.gz shard2.json.gz   # WIT shards (retrieval)
+    python process_coco.py --karpathy-file dataset_flickr8k.json --image-dir Flicker8k_Dataset   # Karpathy's splits
+    python process_coco.py --flickr8k-dir Flickr8k_text --image-dir Flicker8k_Dataset   # Flickr8k as distributed
 
 The script runs in four numbered sections (see :func:`process`):
 
 1. Get images and captions: generate the shapes dataset, download COCO, use ``--coco-dir``, or unpack
    WIT shards into the COCO layout (``captioner/data/wit.py``); then read and validate every annotation file.
+   Or read Karpathy's split file of COCO, Flickr8k or Flickr30k, or Flickr8k's own text files
+   (``captioner/data/karpathy.py``; docs/protocol.md), with the images in ``--image-dir``.
 2. Train the tokenizer on the *training* captions only.
 3. For each split: pre-resize every image once into a uint8 cache at ``--image-size``, tokenize
    every caption and write the split's record.
@@ -23,7 +27,7 @@ Output, under ``<data-dir>/processed/`` (format version ``captioner.data.process
   side resized to S and centre-cropped. Read it with ``np.load(path, mmap_mode="r")``.
 - ``{split}.json``: ``format_version``, ``split``, ``image_size``; ``image_ids`` (N ints, the
   order of the rows of the .npy), ``file_names`` (N), ``captions`` (N lists of raw captions, empty
-  for test and unlabeled), ``tokens`` (N lists: the token ids of each caption, *without*
+  for COCO 2017's test split and for unlabeled), ``tokens`` (N lists: the token ids of each caption, *without*
   ``<sos>``/``<eos>``; the loaders add them).
 - ``meta.json``: source, image size, tokenizer kind and vocabulary size, images and captions per
   split, the skipped items (split, reason, path or id) and their counts by reason, the options, and
@@ -51,6 +55,7 @@ from tqdm import tqdm
 from captioner.cli import run_script
 from captioner.data.coco_annotations import SkipLog, available_splits, parse_split
 from captioner.data.image_cache import build_image_cache
+from captioner.data.karpathy import RESTVAL_CHOICES, read_flickr8k, read_karpathy
 from captioner.data.processed import (
     FORMAT_VERSION,
     split_files,
@@ -71,7 +76,10 @@ from captioner.infra.stamps import (
 from captioner.text.tokenizers import VERSION as TOKENIZER_VERSION
 from captioner.text.tokenizers import load_tokenizer, train_tokenizer
 
-DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256, "wit": 256}
+DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256, "wit": 256, "karpathy": 256, "flickr8k": 256}
+# The options that name each source's data: giving one of them picks that source.
+SOURCE_OPTIONS = {"coco": ("coco_dir", "base_url"), "wit": ("wit_files",), "karpathy": ("karpathy_file",),
+                  "flickr8k": ("flickr8k_dir",)}
 MAX_LISTED_PER_REASON = 10  # skipped items printed per reason; meta.json lists them all
 
 
@@ -80,12 +88,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Step 1: get images and captions, train the tokenizer, tokenize every caption and "
                     "pre-resize every image into a uint8 cache under <data-dir>/processed/. A rerun "
                     "redoes only what is missing or was made with other options.")
-    parser.add_argument("--source", choices=("shapes", "coco", "wit"), default=None,
+    parser.add_argument("--source", choices=("shapes", "coco", "wit", "karpathy", "flickr8k"), default=None,
                         help="shapes (the default): generate the synthetic dataset, offline; coco: MS COCO 2017 "
                              "(the default when --coco-dir or --base-url is given); wit: the WIT shards of "
-                             "--wit-files (the default when it is given)")
+                             "--wit-files (the default when it is given); karpathy: Karpathy's split file "
+                             "--karpathy-file; flickr8k: Flickr8k's text files in --flickr8k-dir")
     parser.add_argument("--data-dir", default=None,
-                        help="where raw/ and processed/ go (default: data/shapes, data/coco or data/wit)")
+                        help="where raw/ and processed/ go (default: data/shapes, data/coco, data/wit, data/flickr8k; "
+                             "karpathy: data/coco_karpathy, data/flickr8k or data/flickr30k after the file's name)")
+    parser.add_argument("--karpathy-file", default=None, metavar="JSON",
+                        help="Karpathy's dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json "
+                             "(images[] with filename, filepath, split, sentences[].raw, cocoid or imgid)")
+    parser.add_argument("--flickr8k-dir", default=None, metavar="DIR",
+                        help="the folder of Flickr8k.token.txt and Flickr_8k.{train,dev,test}Images.txt "
+                             "(dev is the validation split)")
+    parser.add_argument("--image-dir", default=None, metavar="DIR",
+                        help="karpathy and flickr8k: the folder of the images (COCO: the one holding train2014/ "
+                             "and val2014/)")
+    parser.add_argument("--restval", choices=RESTVAL_CHOICES, default="train",
+                        help="karpathy: where the restval images go: train (the default, as in every reference "
+                             "codebase) or skip (left out)")
     parser.add_argument("--wit-files", nargs="+", default=None, metavar="SHARD",
                         help="WIT training shards (gzipped JSON lines with image_url, b64_bytes and wit_features); "
                              "unpacked into <data-dir>/raw in the COCO layout, every --wit-val-every-th image in val")
@@ -101,7 +123,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=5000,
                         help="tokenizer vocabulary size, the 4 special tokens included (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=None,
-                        help="side of the cached square images (default: 64 for shapes, 256 for coco); "
+                        help="side of the cached square images (default: 64 for shapes, 256 for the others); "
                              "shapes are also drawn at this size")
     parser.add_argument("--n-train", type=int, default=4000, help="shapes: training images (default: %(default)s)")
     parser.add_argument("--n-val", type=int, default=500, help="shapes: validation images (default: %(default)s)")
@@ -114,16 +136,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="processes that decode and resize images (default: min(4, CPU count) = %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = parser.parse_args(argv)
-    coco_only = [flag for flag, value in (("--coco-dir", args.coco_dir), ("--base-url", args.base_url)) if value]
-    if args.wit_files and args.source in (None, "wit") and not coco_only:
-        args.source = "wit"
-    elif args.wit_files or args.source == "wit":
-        parser.error("--source wit needs --wit-files (and no --coco-dir or --base-url); --wit-files needs --source wit")
-    if args.source is None:
-        args.source = "coco" if coco_only else "shapes"
-    elif args.source == "shapes" and coco_only:
-        parser.error(f"{' and '.join(coco_only)} name{'s' if len(coco_only) == 1 else ''} COCO data, "
-                     "but --source shapes generates the synthetic dataset: drop one of them")
+    named = {source: [f"--{name.replace('_', '-')}" for name in names if getattr(args, name)]
+             for source, names in SOURCE_OPTIONS.items()}
+    named = {source: flags for source, flags in named.items() if flags}
+    if len(named) > 1:
+        parser.error(f"{' and '.join(f for flags in named.values() for f in flags)} name the data of different "
+                     "sources: give one")
+    if named:
+        source, flags = next(iter(named.items()))
+        if args.source not in (None, source):
+            doing = "generates the synthetic dataset" if args.source == "shapes" else f"reads {args.source} data"
+            label = "COCO" if source == "coco" else source
+            parser.error(f"{' and '.join(flags)} name{'s' if len(flags) == 1 else ''} {label} data, "
+                         f"but --source {args.source} {doing}: drop one of them")
+        args.source = source
+    args.source = args.source or "shapes"
+    if args.source in ("wit", "karpathy", "flickr8k") and args.source not in named:
+        parser.error(f"--source {args.source} needs --{SOURCE_OPTIONS[args.source][0].replace('_', '-')}")
+    if (args.source in ("karpathy", "flickr8k")) != bool(args.image_dir):
+        parser.error("--source karpathy and flickr8k need --image-dir (the folder of the images), and only they read it")
     return args
 
 
@@ -140,7 +171,7 @@ def main(argv=None) -> dict:
 
 def process(args: argparse.Namespace) -> dict:
     """The four sections; returns the contents of meta.json."""
-    data_dir = Path(args.data_dir or f"data/{args.source}")
+    data_dir = Path(args.data_dir or default_data_dir(args))
     processed = data_dir / "processed"
     processed.mkdir(parents=True, exist_ok=True)
     image_size = args.image_size or DEFAULT_IMAGE_SIZE[args.source]
@@ -153,7 +184,21 @@ def process(args: argparse.Namespace) -> dict:
     # ---------------------------------------------------------------------------------------------
     # 1. Get images and captions
     # ---------------------------------------------------------------------------------------------
-    if args.source == "shapes":
+    skips = SkipLog()
+    splits = None  # the split files of Karpathy and Flickr8k are read here; COCO-layout folders below
+    if args.source in ("karpathy", "flickr8k"):
+        coco_dir = Path(args.image_dir)
+        if not coco_dir.is_dir():
+            raise FileNotFoundError(f"--image-dir {coco_dir}: no such folder")
+        if args.source == "karpathy":
+            splits, info = read_karpathy(args.karpathy_file, coco_dir, skips, args.restval)
+            restval = info["restval"]
+            print(f"1. Karpathy's {info['dataset']} splits from {args.karpathy_file}, images in {coco_dir}; "
+                  f"{restval['images']} restval images {'joined train' if restval['into'] == 'train' else 'left out'}")
+        else:
+            splits = read_flickr8k(args.flickr8k_dir, coco_dir, skips)
+            print(f"1. Flickr8k's splits from {args.flickr8k_dir}, images in {coco_dir}")
+    elif args.source == "shapes":
         coco_dir = data_dir / "raw"
         sizes = dict(n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, n_unlabeled=args.n_unlabeled)
         start = time.perf_counter()
@@ -164,10 +209,9 @@ def process(args: argparse.Namespace) -> dict:
     elif args.source == "wit":
         coco_dir = data_dir / "raw"
         start = time.perf_counter()
-        wit_skips = SkipLog()
-        counts = wit_to_coco_layout(args.wit_files, coco_dir, wit_skips, args.wit_val_every)
+        counts = wit_to_coco_layout(args.wit_files, coco_dir, skips, args.wit_val_every)
         print(f"1. WIT: {counts['train']} training and {counts['val']} validation images from "
-              f"{len(args.wit_files)} shards in {coco_dir}, {len(wit_skips.items)} lines skipped "
+              f"{len(args.wit_files)} shards in {coco_dir}, {len(skips.items)} lines skipped "
               f"[{time.perf_counter() - start:.1f} s]")
     elif args.coco_dir:
         coco_dir = Path(args.coco_dir)
@@ -179,12 +223,12 @@ def process(args: argparse.Namespace) -> dict:
             fetch_coco(coco_dir, COCO_FILES, base_url=args.base_url, progress=b.update, log=tqdm.write)
         print(f"1. COCO 2017 in {coco_dir} [{time.perf_counter() - start:.1f} s]")
 
-    specs = available_splits(coco_dir)
-    if args.source == "shapes" and args.n_unlabeled == 0:
-        # raw/ may still hold the unlabeled split of an earlier run made with --n-unlabeled.
-        specs = [spec for spec in specs if spec.name != "unlabeled"]
-    skips = wit_skips if args.source == "wit" else SkipLog()
-    splits = [parse_split(coco_dir, spec, skips) for spec in specs]
+    if splits is None:
+        specs = available_splits(coco_dir)
+        if args.source == "shapes" and args.n_unlabeled == 0:
+            # raw/ may still hold the unlabeled split of an earlier run made with --n-unlabeled.
+            specs = [spec for spec in specs if spec.name != "unlabeled"]
+        splits = [parse_split(coco_dir, spec, skips) for spec in specs]
     for split in splits:
         n_captions = sum(len(c) for c in split.captions)
         print(f"   {split.name}: {len(split.image_ids)} images, {n_captions} captions")
@@ -271,6 +315,15 @@ def process(args: argparse.Namespace) -> dict:
     _print_summary(skips)
     print(f"4. done: {processed / 'meta.json'}")
     return meta
+
+
+def default_data_dir(args: argparse.Namespace) -> str:
+    """data/<source>; for Karpathy's files the dataset they name: dataset_flickr8k.json -> data/flickr8k,
+    dataset_coco.json -> data/coco_karpathy (data/coco is COCO 2017's)."""
+    if args.source != "karpathy":
+        return f"data/{args.source}"
+    name = Path(args.karpathy_file).stem.removeprefix("dataset_")
+    return f"data/{'coco_karpathy' if name == 'coco' else name}"
 
 
 def _remove_stale_splits(processed: Path, present: set[str]) -> None:

@@ -23,18 +23,21 @@ suppression term ``eos_suppression`` and the attention LSTM's doubly stochastic 
 shared by all its captions. A pretrained encoder is unfrozen layer by layer from the top down
 (``captioner/training/unfreeze.py``); a from-scratch encoder trains fully from the first step.
 
-Each epoch: the training loss, the validation loss, BLEU-4 of beam-search captions on the first
-``eval.bleu_images`` validation images, a few sample captions beside a reference, one line in
-``log.jsonl``, ``curves.png`` (losses, learning rate and BLEU-4 so far) and ``checkpoint{N}.pt``
-(N = completed epochs); the best epoch by BLEU-4 is also kept as ``checkpoint_best.pt``.
+Each epoch: the training loss, the validation loss, and beam-search captions of the first
+``eval.select_images`` validation images (a fixed subset) scored with BLEU-1..4, ROUGE-L, CIDEr-D and,
+on the shapes data, the share of captions true in full; a few sample captions beside a reference, one
+line in ``log.jsonl``, ``curves.png`` (losses, learning rate and the selection score so far) and
+``checkpoint{N}.pt`` (N = completed epochs). The best epoch by ``eval.select_by`` (CIDEr-D by default;
+``captions_true`` in the shapes presets) is also kept as ``checkpoint_best.pt``: select on val, then
+report on test with ``evaluate.py --split test`` (docs/protocol.md#selection).
 
 The training step is written out in ``main``, in numbered sections: 5a the learning rate of the step
 with each group's unfreezing multiplier, 5b the forward pass and the loss under autocast and backward (for
 each micro-batch, with gradient accumulation: ``train.accumulate_steps``), 5c clipping and the optimiser
-step, 5d the log line; then 6 validation (loss and BLEU-4) and 7 the
+step, 5d the log line; then 6 validation (loss and scores) and 7 the
 checkpoint.
 
-With ``eval.patience`` > 0 training stops after that many epochs without a better BLEU-4.
+With ``eval.patience`` > 0 training stops after that many epochs without a better selection score.
 
 Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the learning rate a
 function of the step, the freeze state a function of the epoch, and the checkpoint holds the model,
@@ -62,6 +65,7 @@ from captioner.data.transforms import EvalTransform
 from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.metrics import evaluate_captions
+from captioner.evaluation.truth import shapes_scenes, truth_scores
 from captioner.infra.compile import maybe_compile
 from captioner.infra.weights import resolve_weights
 from captioner.models.captioner import (
@@ -107,13 +111,15 @@ from captioner.training.unfreeze import (
 )
 
 N_SAMPLES = 3  # sample captions printed after each epoch
+SCORE_NAMES = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "captions_true")  # printed per epoch
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Train the image captioner: the config's encoder_kind (vit, resnet) + decoder_kind (transformer, "
                     "lstm, attention-lstm). Writes "
-                    "checkpoint{N}.pt, checkpoint_best.pt (best BLEU-4) and log.jsonl to the config's run_dir.",
+                    "checkpoint{N}.pt, checkpoint_best.pt (the best epoch by the config's eval.select_by on the "
+                    "first eval.select_images validation images) and log.jsonl to the config's run_dir.",
         epilog="examples: python train_captioner.py -p runs/shapes_encoder | "
                "python train_captioner.py --set train.epochs=2 | "
                "python train_captioner.py -c runs/shapes_captioner/checkpoint3.pt --set train.epochs=12",
@@ -132,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def epochs_since_best(history: list[dict]) -> int:
-    """Epochs after the one with the best BLEU-4 (the first of equals): 0 when the last epoch is the best."""
-    scores = [h["bleu4"] for h in history]
+    """Epochs after the one with the best selection score (the first of equals): 0 when the last epoch is the best."""
+    scores = [h["selection"] for h in history]
     return len(scores) - 1 - scores.index(max(scores)) if scores else 0
 
 
@@ -204,8 +210,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     val_loader = caption_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
                                 num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
                                 group_by_image=True, **shard)
-    bleu_loader = image_captions_loader(cfg.data.processed_dir, "val", cfg.data.batch_size,
-                                        num_workers=cfg.data.num_workers)
+    # The fixed validation subset that picks checkpoint_best.pt: the first eval.select_images images
+    select_loader = image_captions_loader(cfg.data.processed_dir, "val", cfg.data.batch_size,
+                                          num_workers=cfg.data.num_workers)
+    scenes = selection_scenes(cfg, select_loader.dataset)  # None unless the data is shapes
     steps_per_epoch = steps_in_epoch(len(train_loader), cfg.train.accumulate_steps)  # optimiser steps
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one step's "
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for epoch in range(start_epoch, cfg.train.epochs):
         if cfg.eval.patience and epochs_since_best(history) >= cfg.eval.patience:
             if dist_info.is_main:  # [distributed]
-                print(f"stopping early: no better BLEU-4 for {cfg.eval.patience} epochs")
+                print(f"stopping early: no better {cfg.eval.select_by} for {cfg.eval.patience} epochs")
             break
         start = time.perf_counter()
         # Layer-wise unfreezing: which encoder groups train this epoch, and at what fraction of the
@@ -306,24 +314,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
         train_loss = meter.epoch_mean(step)
         train_seconds = time.perf_counter() - start
 
-        # ---- 6. validation: the loss on the validation captions, and BLEU-4 of beam-search captions --
+        # ---- 6. validation: the loss on the validation captions, and the scores of beam-search captions
+        # of the fixed subset, one of which (eval.select_by) picks checkpoint_best.pt
         val_loss = validation_loss(model, val_loader, transform, cfg.label_smoothing, device, precision,
                                    dist_info, show)
         if not math.isfinite(val_loss):
             raise ValueError(f"the validation loss of epoch {epoch + 1} is {val_loss}; not saving this epoch")
-        bleu4 = None
-        if dist_info.is_main:  # [distributed] rank 0 captions alone; the others wait for its BLEU-4
-            hypotheses = caption_images(raw_model, bleu_loader, tokenizer, transform, device, precision,
+        val_scores = None
+        if dist_info.is_main:  # [distributed] rank 0 captions alone; the others wait for its scores
+            hypotheses = caption_images(raw_model, select_loader, tokenizer, transform, device, precision,
                                         cfg.eval.beam_size, cfg.eval.alpha, cfg.eval.max_len,
-                                        limit=cfg.eval.bleu_images, progress=show)
-            references = reference_captions(bleu_loader.dataset, hypotheses)
-            bleu4 = evaluate_captions(references, hypotheses)["BLEU-4"]
-        bleu4 = broadcast_object(bleu4, dist_info)  # [distributed] early stopping needs it on every process
+                                        limit=cfg.eval.select_images, progress=show)
+            references = reference_captions(select_loader.dataset, hypotheses)
+            val_scores = validation_scores(references, hypotheses, scenes)
+        val_scores = broadcast_object(val_scores, dist_info)  # [distributed] early stopping needs them everywhere
 
         # ---- 7. checkpoint and log: rank 0 writes, the others wait at the barrier ----------------------
         # [distributed] captions_per_s counts the captions of all processes
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val_loss,
-                  "bleu4": bleu4,
+                  "val_scores": val_scores, "select_by": cfg.eval.select_by,
+                  "selection": val_scores[cfg.eval.select_by],
                   "captions_per_s": steps_per_epoch * cfg.train.accumulate_steps * cfg.data.batch_size
                   * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
@@ -339,13 +349,42 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if best:
                 save_checkpoint(run_dir / "checkpoint_best.pt", payload)
             print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                  f"BLEU-4 {bleu4:.4f}{' (best)' if best else ''}  {describe_unfreeze(states)}  "
+                  f"{cfg.eval.select_by} {record['selection']:.4f}{' (best)' if best else ''}  "
+                  f"{describe_unfreeze(states)}  "
                   f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
+            print("    val " + "  ".join(f"{name} {val_scores[name]:.4f}" for name in SCORE_NAMES if name in val_scores)
+                  + f"  on {val_scores['n_images']} images")
             for image_id in list(hypotheses)[:N_SAMPLES]:
                 print(f"    {image_id}: {hypotheses[image_id]!r}  (reference: {references[image_id][0]!r})")
         barrier()  # [distributed]
     cleanup()  # [distributed]
     return history
+
+
+def selection_scenes(cfg: CaptionerRunConfig, dataset) -> dict | None:
+    """The generator's scenes of the validation subset on the shapes data (for the truth score), else None;
+    a ConfigError when ``eval.select_by`` is captions_true and there are none."""
+    n = cfg.eval.select_images or len(dataset)
+    image_ids = dataset.image_ids[:n]
+    try:
+        scenes = shapes_scenes(cfg.data.processed_dir, image_ids, reference_captions(dataset, image_ids))
+    except FileNotFoundError as e:
+        scenes, reason = None, str(e)
+    else:
+        reason = f"{cfg.data.processed_dir} is not the shapes data"
+    if scenes is None and cfg.eval.select_by == "captions_true":
+        raise ConfigError(f"eval.select_by: captions_true needs the shapes data's scenes ({reason}); choose "
+                          "CIDEr-D, BLEU-4 or ROUGE-L")
+    return scenes
+
+
+def validation_scores(references: dict, hypotheses: dict, scenes: dict | None) -> dict:
+    """BLEU-1..4, ROUGE-L and CIDEr-D of the captions, plus ``captions_true`` (the share true in full)
+    when the scenes are known; the numbers of images and empty captions too."""
+    scores = evaluate_captions(references, hypotheses)
+    if scenes is not None:
+        scores["captions_true"] = truth_scores(hypotheses, scenes)["captions_true"]
+    return scores
 
 
 @torch.no_grad()

@@ -204,8 +204,11 @@ class EvalConfig:
     beam_size: int = 3
     alpha: float = 0.6  # length-normalisation exponent, GNMT's ((5 + len) / 6) ** alpha
     max_len: int = 24  # generated tokens, <eos> included
-    bleu_images: int = 200  # validation images captioned for BLEU-4 after each epoch (0: all)
-    patience: int = 0  # stop after this many epochs without a better BLEU-4 (0: never stop early)
+    # The score that picks checkpoint_best.pt on the validation subset: CIDEr-D (the field's choice), BLEU-4,
+    # ROUGE-L, or captions_true (the share of captions true in full; shapes data only, docs/protocol.md#selection)
+    select_by: Literal["CIDEr-D", "BLEU-4", "ROUGE-L", "captions_true"] = "CIDEr-D"
+    select_images: int = 1000  # the first N validation images, captioned and scored after each epoch (0: all)
+    patience: int = 0  # stop after this many epochs without a better select_by score (0: never stop early)
 
 
 @dataclass

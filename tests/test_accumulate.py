@@ -86,7 +86,7 @@ def captioner_yaml(tmp_path_factory):
         "data": {"processed_dir": str(processed_dir), "batch_size": 10, "max_caption_len": 16},
         "decoder": {"width": 16, "depth": 1, "heads": 2, "dropout": 0.0},
         "train": {"epochs": 2, "lr": 3e-3, "warmup_epochs": 0.5, "log_every": 1, "seed": 0, "precision": "fp32"},
-        "eval": {"beam_size": 2, "max_len": 6, "bleu_images": 2},
+        "eval": {"beam_size": 2, "max_len": 6, "select_images": 2},
     }
     (root / "captioner.yaml").write_text(yaml.safe_dump(config))
     return root

@@ -43,7 +43,7 @@ def workdir(tmp_path_factory):
         "decoder": {"width": 16, "depth": 1, "heads": 2, "dropout": 0.1},
         "lstm": {"embed_dim": 8, "hidden": 16, "dropout": 0.1},  # attention_dim: attention-lstm only (KINDS)
         "train": {"epochs": 2, "lr": 3e-3, "warmup_epochs": 0.5, "log_every": 1, "seed": 0},
-        "eval": {"beam_size": 2, "max_len": 8, "bleu_images": 2},
+        "eval": {"beam_size": 2, "max_len": 8, "select_images": 2},
     }
     (root / "captioner.yaml").write_text(yaml.safe_dump(config))
     return root

@@ -34,9 +34,10 @@ def encoder_epoch(epoch, train_loss, val_loss):
             "images_per_s": 50.0, "seconds": 1.0}
 
 
-def captioner_epoch(epoch, train_loss, val_loss, bleu4):
+def captioner_epoch(epoch, train_loss, val_loss, selection):
     return {"time": 0.0, "epoch": epoch, "step": 4 * epoch, "train_loss": train_loss, "val_loss": val_loss,
-            "bleu4": bleu4, "captions_per_s": 50.0, "trainable_groups": ["decoder"], "seconds": 1.0}
+            "select_by": "CIDEr-D", "selection": selection, "captions_per_s": 50.0, "trainable_groups": ["decoder"],
+            "seconds": 1.0}
 
 
 def write_log(path, records, tail=""):
@@ -68,10 +69,10 @@ def test_write_curves_gives_a_png_with_a_line_in_each_panel(tmp_path):
     assert count(image, GREEN, 0, TITLE_H) == count(image, BLUE, 1, TITLE_H) == 0  # each line in its own panel
 
 
-def test_the_bleu_panel_appears_only_when_the_log_has_bleu4():
-    without, with_bleu = draw_curves(ENCODER_RUN), draw_curves(CAPTIONER_RUN)
-    assert without.size == (2 * PANEL_W, PANEL_H) and with_bleu.size == (3 * PANEL_W, PANEL_H)
-    assert count(with_bleu, PURPLE, 2) > 20
+def test_the_selection_panel_appears_only_when_the_log_has_a_selection_score():
+    without, with_selection = draw_curves(ENCODER_RUN), draw_curves(CAPTIONER_RUN)
+    assert without.size == (2 * PANEL_W, PANEL_H) and with_selection.size == (3 * PANEL_W, PANEL_H)
+    assert count(with_selection, PURPLE, 2) > 20
     assert all(count(without, PURPLE, p) == 0 for p in range(2))
 
 

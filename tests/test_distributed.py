@@ -72,11 +72,11 @@ TINY_ENCODER = [  # a 32 px ViT with 16 patches; 16 training images, 4 per proce
 TINY_CNN_LSTM = [  # the ladder's ResNet + Show-Attend-Tell row, shrunk: batch norm and the attention term under DDP
     "data.batch_size=20", "resnet.image_size=32", "resnet.stem_width=8", "resnet.widths=[8, 16]",
     "resnet.blocks=[1, 1]", "lstm.embed_dim=8", "lstm.hidden=16", "lstm.attention_dim=8", "train.log_every=1",
-    "eval.bleu_images=2", "eval.beam_size=2", "eval.max_len=6",
+    "eval.select_images=2", "eval.beam_size=2", "eval.max_len=6",
 ]
 TINY_CAPTIONER = [  # 20 captions = 4 images and their 5 captions per process and step: 2 steps per epoch
     "data.batch_size=20", "decoder.width=16", "decoder.depth=1", "decoder.heads=2", "decoder.dropout=0.1",
-    "unfreeze.start_epoch=1", "train.log_every=1", "eval.bleu_images=2", "eval.beam_size=2", "eval.max_len=6",
+    "unfreeze.start_epoch=1", "train.log_every=1", "eval.select_images=2", "eval.beam_size=2", "eval.max_len=6",
 ]
 
 
@@ -527,7 +527,7 @@ def test_train_captioner_keeps_the_processes_weights_identical_after_an_unfreeze
 def test_train_captioner_under_two_processes_unfreezes_and_resumes_in_one(two_processes, workdir):
     run_dir = workdir / "captioner"
     ranks = [seen["captioner_history"] for seen in two_processes]
-    shared = ("train_loss", "val_loss", "bleu4")  # losses averaged over the processes, BLEU-4 sent by rank 0
+    shared = ("train_loss", "val_loss", "val_scores", "selection")  # losses averaged, the scores sent by rank 0
     for mine, other in zip(*ranks):
         assert [mine[k] for k in shared] == [other[k] for k in shared]
     assert [h["step"] for h in ranks[0]] == [2, 4]

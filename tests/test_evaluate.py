@@ -1,7 +1,9 @@
 """evaluate.py end to end on a tiny checkpoint, the blind baseline, the cross-attention maps and the pictures."""
 
 import doctest
+import importlib.util
 import json
+import os
 import shutil
 
 import numpy as np
@@ -27,7 +29,9 @@ from captioner.evaluation.attention_maps import (
     word_attention,
 )
 from captioner.evaluation.blind_baseline import blind_scores, choose_blind_caption
+from captioner.evaluation import official as official_module
 from captioner.evaluation.metrics import evaluate_captions
+from captioner.evaluation.official import TOOLKIT_METRICS
 from captioner.evaluation.pictures import (
     VERDICT_BAR,
     VERDICT_MARKS,
@@ -129,12 +133,26 @@ def test_end_to_end_val(workdir, capsys):
         assert attention.width == 2 + min(8, max(panels)) * (192 + 2)
 
 
-def test_test_split_writes_captions_without_scores(workdir, capsys, tmp_path):
+def test_shapes_test_split_is_scored_with_its_references(workdir, tmp_path):
+    summary = evaluate.main(["-c", str(workdir / "run"), "--split", "test", "--out-dir", str(tmp_path), "--no-progress"])
+    test = read_json(workdir / "data" / "processed" / "test.json")
+    references = dict(zip(test["image_ids"], test["captions"]))
+    captions = {r["image_id"]: r["caption"] for r in read_json(tmp_path / "captions.json")}
+    assert sorted(captions) == sorted(test["image_ids"]) and summary["split"] == "test"
+    assert summary["model"] == evaluate_captions(references, captions)  # scored against the test references
+    assert summary["truth"]["model"]["n_captions"] == 2 and summary["official"] is None
+
+
+def test_a_split_without_references_writes_captions_without_scores(workdir, capsys, tmp_path):
+    processed = tmp_path / "processed"  # COCO 2017's test split: images, no public captions
+    shutil.copytree(workdir / "data" / "processed", processed)
+    test = read_json(processed / "test.json")
+    (processed / "test.json").write_text(json.dumps({**test, "captions": [[]] * 2, "tokens": [[]] * 2}))
     out_file = tmp_path / "test_results.json"
     run_script(evaluate.main, ["-c", str(workdir / "run"), "--split", "test", "--out", str(out_file),
-                               "--out-dir", str(tmp_path / "pictures"), "--no-progress"])  # no SystemExit: status 0
+                               "--processed-dir", str(processed), "--out-dir", str(tmp_path / "pictures"),
+                               "--no-progress"])  # no SystemExit: status 0
     assert "no reference captions" in capsys.readouterr().out
-    test = read_json(workdir / "data" / "processed" / "test.json")
     assert sorted(r["image_id"] for r in read_json(out_file)) == sorted(test["image_ids"])
     scores = read_json(tmp_path / "test_results.scores.json")
     assert scores["model"] is None and scores["blind_baseline"] is None and scores["n_images"] == 2
@@ -142,6 +160,35 @@ def test_test_split_writes_captions_without_scores(workdir, capsys, tmp_path):
     assert scores["truth"]["model"]["n_captions"] == 2 and scores["truth"]["blind_baseline"] is None
     with Image.open(tmp_path / "pictures" / "samples.png") as samples:
         assert samples.size[0] >= 2 * 192
+
+
+def test_official_prints_the_toolkits_table_beside_the_projects(workdir, tmp_path, capsys):
+    # CI installs both and sets CAPTIONER_REQUIRE_TOOLKIT=1 (.ci/run): there a missing one fails, never skips
+    skip = pytest.fail if os.environ.get("CAPTIONER_REQUIRE_TOOLKIT") == "1" else pytest.skip
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        skip("the COCO caption toolkit is not installed (pip install pycocoevalcap)")
+    if shutil.which("java") is None:
+        skip("no Java runtime (apt-get install default-jre-headless): the toolkit's tokenizer and METEOR need it")
+    summary = evaluate.main(["-c", str(workdir / "run"), "--official", "--out-dir", str(tmp_path), "--no-progress"])
+    out = capsys.readouterr().out
+    official = summary["official"]
+    assert set(official["scores"]) == set(TOOLKIT_METRICS)
+    for name in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):  # the project's own agree
+        assert summary["model"][name] == pytest.approx(official["scores"][name], rel=1e-6, abs=1e-12), name
+    assert 0 <= official["scores"]["METEOR"] <= 1
+    if official["scores"]["SPICE"] is None:  # offline: no CoreNLP jars, said so
+        assert "SPICE needs Stanford CoreNLP" in official["unavailable"]["SPICE"]
+        assert "SPICE unavailable: SPICE needs Stanford CoreNLP" in out
+    assert "the COCO caption toolkit (pycocoevalcap)" in out and "METEOR" in out
+    assert read_json(tmp_path / "captions.scores.json")["official"] == official
+
+
+def test_official_without_the_toolkit_or_java_says_how_to_install(workdir, tmp_path, monkeypatch):
+    monkeypatch.setattr(official_module.shutil, "which", lambda name: None)
+    with pytest.raises(official_module.ToolkitUnavailable,
+                       match=r"needs .*a Java runtime .*pip install pycocoevalcap.*default-jre-headless"):
+        evaluate.main(["-c", str(workdir / "run"), "--official", "--out-dir", str(tmp_path), "--no-progress"])
+    assert not (tmp_path / "captions.json").exists()  # refused before captioning
 
 
 def test_limit_and_overrides(workdir, tmp_path):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from captioner.evaluation import metrics
-from captioner.evaluation.metrics import bleu, cider_d, evaluate_captions
+from captioner.evaluation.metrics import bleu, cider_d, evaluate_captions, longest_common_subsequence, rouge_l
 from captioner.evaluation.ptb_tokenizer import tokenize_caption
 
 TINY, SMALL = 1e-15, 1e-9  # the toolkit's zero-count guards, added to matched and candidate counts
@@ -185,6 +185,55 @@ def test_cider_d_sigma_controls_the_length_penalty():
     assert 2 * strict - 10 * (3 / 4) == pytest.approx(image_1_loose * math.exp(-9 / 72), rel=1e-12)
 
 
+# ---------------------------------------------------------------- ROUGE-L
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ("a cat on the mat", "the cat on a mat", 3),  # cat on mat
+    ("a b c d", "d c b a", 1),  # order matters: one word at most
+    ("a b a b", "b a b a", 3),  # b a b
+    ("x y", "p q", 0),
+    ("", "a b", 0),
+    ("a b c", "a b c", 3),
+])
+def test_longest_common_subsequence_by_hand(a, b, expected):
+    assert longest_common_subsequence(a.split(), b.split()) == expected
+    assert longest_common_subsequence(b.split(), a.split()) == expected
+
+
+def test_rouge_l_takes_the_best_precision_and_recall_from_different_references():
+    # "the cat on a mat" (5 words) against
+    #   "a cat on the mat": LCS "cat on mat" = 3, P = 3/5, R = 3/5
+    #   "the cat":          LCS "the cat" = 2,    P = 2/5, R = 2/2
+    # The toolkit maximises P and R separately: P = 3/5 (first), R = 1 (second), so with beta = 1.2
+    # F = (1 + 1.44) * 0.6 * 1 / (1 + 1.44 * 0.6) = 1.464 / 1.864; the best per-reference F would be
+    # only 2.44 * 0.4 / (1 + 1.44 * 0.4) = 0.976 / 1.576 (the second reference).
+    refs = {1: ["a cat on the mat", "the cat"]}
+    assert rouge_l(refs, {1: "the cat on a mat"}) == pytest.approx(1.464 / 1.864, rel=1e-12)
+    assert rouge_l(refs, {1: "the cat on a mat"}, beta=1.0) == pytest.approx(2 * 0.6 / 1.6, rel=1e-12)
+
+
+def test_rouge_l_is_a_mean_over_images_with_zero_for_no_match():
+    refs = {1: ["a b c d", "a b"], 2: ["x y z"], 3: ["p q"]}
+    hyps = {1: "a b x", 2: "", 3: "q"}
+    # image 1: LCS 2 with both references; P = 2/3, R = max(2/4, 2/2) = 1
+    one = 2.44 * (2 / 3) * 1 / (1 + 1.44 * (2 / 3))
+    # image 2: empty, 0. image 3: "q" (1 word) vs "p q": P = 1, R = 1/2
+    three = 2.44 * 1 * 0.5 / (0.5 + 1.44 * 1)
+    assert rouge_l(refs, hyps) == pytest.approx((one + 0 + three) / 3, rel=1e-12)
+
+
+def test_rouge_l_splits_empty_captions_as_the_toolkit_does():
+    # "".split(" ") is [""]: one empty word, which matches an empty reference in full.
+    assert rouge_l({1: ["", "a b"]}, {1: ""}) == pytest.approx(1.0)
+    assert rouge_l({1: ["a b"]}, {1: ""}) == 0.0
+
+
+def test_evaluate_captions_scores_rouge_l_on_ptb_tokens():
+    result = evaluate_captions({1: ["The cat, on the mat."]}, {1: "the CAT on the mat!"})
+    assert result["ROUGE-L"] == pytest.approx(1.0)
+
+
 # ---------------------------------------------------------------- evaluate_captions, errors
 
 
@@ -199,7 +248,7 @@ def test_evaluate_captions_counts_empty_hypotheses_and_scores_them():
     result = evaluate_captions(refs, {"a": "a cat sat down", "b": " ... "})  # empty once tokenized
     assert result["n_empty"] == 1 and result["n_images"] == 2
     assert result["BLEU-1"] == pytest.approx(math.exp(-0.5), rel=1e-9)  # as in the bleu test
-    assert set(result) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr-D", "n_images",
+    assert set(result) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "n_images",
                            "n_empty"}
 
 
@@ -249,6 +298,7 @@ def random_corpus(seed: int, n_images: int) -> tuple[dict, dict]:
 TOOLKIT_BLEU_SEED6 = [0.6666666666639567, 0.47923383829640254, 0.3350990739030407,
                       0.22570330582628925]
 TOOLKIT_CIDER_SEED6 = 1.153548713048771
+TOOLKIT_ROUGE_SEED6 = 0.49694614386289115  # pycocoevalcap 1.2, Rouge(), on the same corpus
 
 
 def test_reproduces_stored_toolkit_scores():
@@ -258,6 +308,7 @@ def test_reproduces_stored_toolkit_scores():
     assert sum(1 for h in hypotheses.values() if not h) == 3
     assert bleu(references, hypotheses) == pytest.approx(TOOLKIT_BLEU_SEED6, rel=1e-12, abs=0)
     assert cider_d(references, hypotheses) == pytest.approx(TOOLKIT_CIDER_SEED6, rel=1e-12, abs=0)
+    assert rouge_l(references, hypotheses) == pytest.approx(TOOLKIT_ROUGE_SEED6, rel=1e-12, abs=0)
 
 
 # A corpus where the brevity penalty and clipping are active (random_corpus(6, 40) has c = 246 > r = 234,
@@ -293,6 +344,18 @@ def test_reproduces_hand_worked_scores_with_brevity_penalty_and_clipping():
     assert expected[0] == pytest.approx(11 / 12 * math.exp(-1 / 4), rel=1e-9)  # 0.7139...
     assert bleu(BREVITY_REFS, BREVITY_HYPS) == pytest.approx(expected, rel=1e-12, abs=0)
     assert cider_d(BREVITY_REFS, BREVITY_HYPS) == pytest.approx(TOOLKIT_CIDER_BREVITY, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_rouge_l_equals_pycocoevalcap(seed):
+    toolkit_rouge = pytest.importorskip("pycocoevalcap.rouge.rouge",
+                                        reason="pycocoevalcap is not installed (pip install pycocoevalcap)")
+    references, hypotheses = random_corpus(seed, 300)  # 1-5 references, some captions empty
+    expected, per_image = toolkit_rouge.Rouge().compute_score(references, {k: [h] for k, h in hypotheses.items()})
+    assert rouge_l(references, hypotheses) == pytest.approx(float(expected), rel=1e-12, abs=0)
+    for k in list(references)[:20]:  # image by image too, not only on average
+        assert rouge_l({k: references[k]}, {k: hypotheses[k]}) == pytest.approx(per_image[list(references).index(k)],
+                                                                              rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

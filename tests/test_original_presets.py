@@ -62,7 +62,7 @@ def tiny_sets(workdir, preset, run_name):
     r = TINY_IMAGENET_RESNET
     sets = [f"run_dir={workdir / run_name}", f"data.processed_dir={workdir / 'data' / 'processed'}",
             "data.batch_size=50", "data.num_workers=0", "train.epochs=1", "train.compile=false",
-            "train.precision=fp32", "eval.bleu_images=2", "eval.max_len=6", "data.max_caption_len=16"]
+            "train.precision=fp32", "eval.select_images=2", "eval.max_len=6", "data.max_caption_len=16"]
     if PRESETS[preset]["decoder_kind"] == "transformer":  # the preset's depth, at a width a CPU test affords
         sets += ["decoder.width=32", "decoder.heads=2"]
     extra = []

@@ -50,7 +50,7 @@ def test_shapes_end_to_end_then_rerun_is_up_to_date(tmp_path, capsys):
     meta = run(*args)
     processed = tmp_path / "processed"
     assert meta["splits"] == {"train": {"images": 12, "captions": 60}, "val": {"images": 4, "captions": 20},
-                              "test": {"images": 3, "captions": 0}, "unlabeled": {"images": 2, "captions": 0}}
+                              "test": {"images": 3, "captions": 15}, "unlabeled": {"images": 2, "captions": 0}}
     assert meta["skipped_counts"] == {} and meta["image_size"] == 64 and meta["tokenizer"] == "bpe"
     assert json.loads((processed / "meta.json").read_text()) == meta
     assert not list(processed.rglob("*.partial"))

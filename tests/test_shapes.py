@@ -1,5 +1,6 @@
 """The shapes dataset: true captions, visible objects, determinism, resume, and the COCO schema."""
 
+import hashlib
 import io
 import json
 import re
@@ -237,11 +238,11 @@ def test_same_seed_gives_identical_files_and_another_seed_different_ones(tmp_pat
 def test_coco_schema(tmp_path):
     generate_shapes_dataset(tmp_path, seed=0, **SMALL)
     ann = tmp_path / "annotations"
-    assert sorted(p.name for p in ann.iterdir()) == ["captions_train2017.json", "captions_val2017.json",
-                                                     "image_info_test2017.json", "image_info_unlabeled2017.json"]
+    assert sorted(p.name for p in ann.iterdir()) == ["captions_test2017.json", "captions_train2017.json",
+                                                     "captions_val2017.json", "image_info_unlabeled2017.json"]
     all_image_ids, all_caption_ids = [], []
     for name, split, n in (("captions_train2017", "train", 10), ("captions_val2017", "val", 4),
-                           ("image_info_test2017", "test", 3), ("image_info_unlabeled2017", "unlabeled", 2)):
+                           ("captions_test2017", "test", 3), ("image_info_unlabeled2017", "unlabeled", 2)):
         doc = json.loads((ann / f"{name}.json").read_text())
         assert {"info", "licenses", "images"} <= doc.keys()
         assert isinstance(doc["info"], dict) and isinstance(doc["licenses"], list)
@@ -253,7 +254,7 @@ def test_coco_schema(tmp_path):
                 assert im.format == "JPEG" and im.mode == "RGB"
                 assert (im.width, im.height) == (img["width"], img["height"]) == (48, 48)
             all_image_ids.append(img["id"])
-        if split in ("train", "val"):
+        if split in ("train", "val", "test"):
             ids = {img["id"] for img in doc["images"]}
             per_image = Counter(a["image_id"] for a in doc["annotations"])
             assert set(per_image) == ids and set(per_image.values()) == {5}
@@ -263,10 +264,10 @@ def test_coco_schema(tmp_path):
         else:
             assert "annotations" not in doc
     assert len(set(all_image_ids)) == len(all_image_ids) == 19
-    assert len(set(all_caption_ids)) == len(all_caption_ids) == 70
+    assert len(set(all_caption_ids)) == len(all_caption_ids) == 85
     # every image folder holds exactly the images its JSON lists (n_unlabeled=2: unlabeled2017/ too)
     for name, split in (("captions_train2017", "train"), ("captions_val2017", "val"),
-                        ("image_info_test2017", "test"), ("image_info_unlabeled2017", "unlabeled")):
+                        ("captions_test2017", "test"), ("image_info_unlabeled2017", "unlabeled")):
         listed = sorted(img["file_name"] for img in json.loads((ann / f"{name}.json").read_text())["images"])
         folder = tmp_path / f"{split}2017"
         assert folder.is_dir(), f"{folder} is missing"
@@ -292,6 +293,35 @@ def test_captions_in_the_json_match_the_scenes(tmp_path):
         assert np.array_equal(np.asarray(Image.open(tmp_path / "val2017" / img["file_name"])),
                               np.asarray(Image.open(io.BytesIO(
                                   encode_jpeg(render_scene(scene))))))
+
+
+# sha256 over the relative path and bytes of every file of generate_shapes_dataset(n_train=6, n_val=3,
+# n_test=2, image_size=48, seed=3) but the test split's annotation file, taken from the generator as it
+# was before the test split had captions: its images and the train and val files must not change.
+TRAIN_VAL_AND_IMAGES_SHA256 = "e06a2aa1470d06ffba745b2fc980488deccc23b31ff9529fadd356efabfd9da5"
+
+
+def test_test_captions_leave_train_val_and_images_byte_identical(tmp_path):
+    generate_shapes_dataset(tmp_path, n_train=6, n_val=3, n_test=2, image_size=48, seed=3)
+    digest = hashlib.sha256()
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file() and path.name != "captions_test2017.json":
+            digest.update(str(path.relative_to(tmp_path)).encode())
+            digest.update(path.read_bytes())
+    assert digest.hexdigest() == TRAIN_VAL_AND_IMAGES_SHA256
+    test = json.loads((tmp_path / "annotations" / "captions_test2017.json").read_text())
+    for img in test["images"]:
+        index = img["id"] - image_id_for("test", 0)
+        assert [a["caption"] for a in test["annotations"] if a["image_id"] == img["id"]] == \
+            captions_for(3, "test", index, 48)
+
+
+def test_an_old_folder_gets_test_captions_and_loses_its_images_only_file(tmp_path):
+    generate_shapes_dataset(tmp_path, n_train=2, n_val=1, n_test=1, image_size=48)
+    (tmp_path / "annotations" / "captions_test2017.json").rename(tmp_path / "annotations" / "image_info_test2017.json")
+    generate_shapes_dataset(tmp_path, n_train=2, n_val=1, n_test=1, image_size=48)
+    assert sorted(p.name for p in (tmp_path / "annotations").iterdir()) == [
+        "captions_test2017.json", "captions_train2017.json", "captions_val2017.json"]
 
 
 def test_rerun_regenerates_only_what_is_missing(tmp_path):

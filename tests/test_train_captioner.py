@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import process_coco
 import train_captioner
 from captioner.config import (
     CaptionDecoderConfig,
+    ConfigError,
     EncoderRunConfig,
     MAEConfig,
     ViTConfig,
@@ -56,7 +58,7 @@ def workdir(tmp_path_factory):
         "decoder": {"width": 16, "depth": 1, "heads": 2, "dropout": 0.1},
         "unfreeze": {"start_epoch": 1, "decay": 0.5},
         "train": {"epochs": 2, "lr": 3e-3, "warmup_epochs": 0.5, "log_every": 2, "seed": 0},
-        "eval": {"beam_size": 2, "max_len": 10, "bleu_images": 3},
+        "eval": {"beam_size": 2, "max_len": 10, "select_images": 3},
         "label_smoothing": 0.1,
     }
     (root / "captioner.yaml").write_text(yaml.safe_dump(config))
@@ -112,7 +114,7 @@ def test_pretrained_encoder_weights_are_loaded_and_unfrozen_on_schedule(workdir,
 
 def test_groups_per_epoch_reaches_the_unfreeze_schedule(workdir):
     history = run(workdir, "two_per_epoch", "-p", str(workdir / "mae.pt"), "--set", "unfreeze.groups_per_epoch=2",
-                  "--set", "eval.bleu_images=1")
+                  "--set", "eval.select_images=1")
     assert history[0]["trainable_groups"] == ["decoder"]
     assert history[1]["trainable_groups"] == ["encoder_layer0", "encoder_layer1", "decoder"]
 
@@ -128,7 +130,7 @@ def test_group_by_length_reaches_the_training_loader_only(workdir, monkeypatch):
 
     monkeypatch.setattr(train_captioner, "caption_loader", spy)
     run(workdir, "by_length", "--set", "data.group_by_length=true", "--set", "train.epochs=1",
-        "--set", "eval.bleu_images=1")
+        "--set", "eval.select_images=1")
     assert seen["train"] is not None and seen["val"] is None  # validation keeps its fixed order
 
 
@@ -148,10 +150,15 @@ def test_checkpoint_is_self_contained_and_best_is_kept(workdir, pretrained_run):
     assert list(captions) == loader.dataset.image_ids[:4].tolist()
     assert all(isinstance(c, str) for c in captions.values())
 
-    best_epoch = max(range(len(history)), key=lambda i: (history[i]["bleu4"], -i)) + 1
+    best_epoch = max(range(len(history)), key=lambda i: (history[i]["val_scores"]["CIDEr-D"], -i)) + 1
     assert load_checkpoint(run_dir / "checkpoint_best.pt", kind="captioner")["epoch"] == best_epoch
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log if "bleu4" in r] == [1, 2]
+    assert [r["epoch"] for r in log if "selection" in r] == [1, 2]
+    for record in [r for r in log if "selection" in r]:  # every score of the 3 images of eval.select_images, the truth score too (shapes)
+        assert set(record["val_scores"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D",
+                                             "captions_true", "n_images", "n_empty"}
+        assert record["val_scores"]["n_images"] == 3
+        assert record["select_by"] == "CIDEr-D" and record["selection"] == record["val_scores"]["CIDEr-D"]
 
 
 def test_from_scratch_takes_the_architecture_from_the_encoder_yaml(workdir):
@@ -178,16 +185,17 @@ def test_wrong_checkpoint_kinds_are_clear_errors(workdir, pretrained_run):
 
 # ---- the script's wiring: label smoothing, early stopping, gradient clipping ----------------------
 
-SCRIPTED_BLEU = [0.1, 0.3, 0.2, 0.25, 0.9, 0.95]  # best after epoch 2, then two epochs without a better one
+SCRIPTED_CIDER = [0.1, 0.3, 0.2, 0.25, 0.9, 0.95]  # best after epoch 2, then two epochs without a better one
+SCRIPTED_BLEU = [0.5, 0.1, 0.6, 0.2, 0.0, 0.0]  # disagrees: epoch 3 would be BLEU-4's pick
 
 
 @pytest.fixture(scope="module")
 def instrumented_run(workdir):
     """A from-scratch run with label_smoothing=0.25, grad_clip=0.01, patience=2 and up to 6 epochs, with
-    BLEU-4 scripted by epoch; records every caption_loss call and the gradient norm at every optimiser
+    CIDEr-D and BLEU-4 scripted by epoch; records every caption_loss call and the gradient norm at every optimiser
     step (whatever does the clipping, the gradients the optimiser sees must have norm <= grad_clip)."""
     real_caption_loss = train_captioner.caption_loss
-    loss_calls, step_norms, bleu = [], [], iter(SCRIPTED_BLEU)
+    loss_calls, step_norms, scripted = [], [], iter(zip(SCRIPTED_CIDER, SCRIPTED_BLEU))
 
     def recording_loss(logits, targets, label_smoothing=None):
         loss_calls.append((torch.is_grad_enabled(), label_smoothing))  # grad enabled: a training step
@@ -199,7 +207,8 @@ def instrumented_run(workdir):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_captioner, "caption_loss", recording_loss)
-        mp.setattr(train_captioner, "evaluate_captions", lambda references, hypotheses: {"BLEU-4": next(bleu)})
+        mp.setattr(train_captioner, "evaluate_captions",
+                   lambda references, hypotheses: dict(zip(("CIDEr-D", "BLEU-4"), next(scripted)), n_images=1))
         handle = register_optimizer_step_pre_hook(grad_norm_before_step)
         try:
             history = run(workdir, "instrumented", "--set", "label_smoothing=0.25", "--set", "train.grad_clip=0.01",
@@ -218,12 +227,38 @@ def test_label_smoothing_reaches_the_training_and_the_validation_loss(instrument
     assert set(training) == set(validation) == {0.25}  # the configured value, not the default 0.1 or none
 
 
-def test_patience_stops_after_that_many_epochs_without_a_better_bleu(instrumented_run):
+def test_patience_stops_after_that_many_epochs_without_a_better_score(instrumented_run):
     history, _, _ = instrumented_run
-    # BLEU-4 0.1, 0.3 (best), 0.2, 0.25: two epochs without a better score = patience, so the fifth
+    # CIDEr-D 0.1, 0.3 (best), 0.2, 0.25: two epochs without a better score = patience, so the fifth
     # epoch never starts (the scripted 0.9 would have been the best); without patience 6 epochs run.
-    assert [h["bleu4"] for h in history] == SCRIPTED_BLEU[:4]
+    assert [h["selection"] for h in history] == SCRIPTED_CIDER[:4]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+
+
+def test_checkpoint_best_follows_the_configured_criterion(workdir, instrumented_run):
+    # CIDEr-D (the default) picked epoch 2; BLEU-4 would have picked epoch 3
+    assert load_checkpoint(workdir / "instrumented" / "checkpoint_best.pt", kind="captioner")["epoch"] == 2
+    scripted = iter(zip(SCRIPTED_CIDER, SCRIPTED_BLEU))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_captioner, "evaluate_captions",
+                   lambda references, hypotheses: dict(zip(("CIDEr-D", "BLEU-4"), next(scripted)), n_images=1))
+        history = run(workdir, "by_bleu", "--set", "eval.select_by=BLEU-4", "--set", "train.epochs=4",
+                      "--set", "eval.select_images=1")
+    assert [h["selection"] for h in history] == SCRIPTED_BLEU[:4]
+    assert load_checkpoint(workdir / "by_bleu" / "checkpoint_best.pt", kind="captioner")["epoch"] == 3
+
+
+def test_captions_true_selection_needs_the_shapes_scenes(workdir, tmp_path):
+    history = run(workdir, "by_truth", "--set", "eval.select_by=captions_true", "--set", "train.epochs=1",
+                  "--set", "eval.select_images=0")
+    assert history[0]["selection"] == history[0]["val_scores"]["captions_true"]
+    assert history[0]["val_scores"]["n_images"] == 4  # 0: all the validation images
+    not_shapes = tmp_path / "processed"
+    shutil.copytree(workdir / "data" / "processed", not_shapes)
+    meta = json.loads((not_shapes / "meta.json").read_text())
+    (not_shapes / "meta.json").write_text(json.dumps({**meta, "source": "coco"}))
+    with pytest.raises(ConfigError, match="captions_true needs the shapes data"):
+        run(workdir, "by_truth_coco", "--set", "eval.select_by=captions_true", "--set", f"data.processed_dir={not_shapes}")
 
 
 def test_gradients_are_clipped_to_train_grad_clip(instrumented_run):
@@ -260,8 +295,8 @@ def test_decoder_input_is_the_scaled_embedding_plus_the_sinusoidal_position():
 
 def test_epochs_since_best():
     assert train_captioner.epochs_since_best([]) == 0
-    assert train_captioner.epochs_since_best([{"bleu4": 0.1}, {"bleu4": 0.3}]) == 0
-    assert train_captioner.epochs_since_best([{"bleu4": 0.3}, {"bleu4": 0.3}, {"bleu4": 0.2}]) == 2
+    assert train_captioner.epochs_since_best([{"selection": 0.1}, {"selection": 0.3}]) == 0
+    assert train_captioner.epochs_since_best([{"selection": 0.3}, {"selection": 0.3}, {"selection": 0.2}]) == 2
 
 
 def test_pad_targets_do_not_contribute_to_the_loss():
@@ -350,7 +385,7 @@ def wired_run(workdir):
             history = run(workdir, "wired", "-p", str(workdir / "mae.pt"), "--set", "decoder_kind=attention-lstm",
                           "--set", "lstm.embed_dim=8", "--set", "lstm.hidden=16", "--set", "lstm.attention_dim=8",
                           "--set", "eos_suppression=0.3", "--set", "lstm.attention_reg=0.05",
-                          "--set", "eval.bleu_images=1")
+                          "--set", "eval.select_images=1")
         finally:
             handle.remove()
     return history, seen

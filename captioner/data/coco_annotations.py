@@ -6,6 +6,7 @@ written in the same layout::
     <coco_dir>/train2017/*.jpg          annotations/captions_train2017.json      (captioned)
     <coco_dir>/val2017/*.jpg            annotations/captions_val2017.json        (captioned)
     <coco_dir>/test2017/*.jpg           annotations/image_info_test2017.json     (images only)
+                                        or annotations/captions_test2017.json   (captioned: shapes)
     <coco_dir>/unlabeled2017/*.jpg      annotations/image_info_unlabeled2017.json (images only, optional)
 
 Bad input: an annotation file that is not valid JSON or lacks a top-level key raises
@@ -64,10 +65,12 @@ class SplitSpec:
     captioned: bool
 
 
+# A split may have more than one spec: the first whose file exists is read.
 SPLITS = (
     SplitSpec("train", "train2017", "captions_train2017.json", True),
     SplitSpec("val", "val2017", "captions_val2017.json", True),
-    SplitSpec("test", "test2017", "image_info_test2017.json", False),
+    SplitSpec("test", "test2017", "captions_test2017.json", True),  # shapes: the test split has references
+    SplitSpec("test", "test2017", "image_info_test2017.json", False),  # COCO 2017: its test captions are private
     SplitSpec("unlabeled", "unlabeled2017", "image_info_unlabeled2017.json", False),
 )
 
@@ -110,7 +113,8 @@ class SkipLog:
 
 
 def available_splits(coco_dir: str | Path) -> list[SplitSpec]:
-    """The splits whose annotation file exists; train and val are required.
+    """The splits whose annotation file exists (the first of a split's specs that does); train and val
+    are required.
 
     Raises AnnotationError naming the missing file when train or val has none.
     """
@@ -118,6 +122,8 @@ def available_splits(coco_dir: str | Path) -> list[SplitSpec]:
     found = []
     for spec in SPLITS:
         path = coco_dir / "annotations" / spec.annotation_file
+        if any(other.name == spec.name for other in found):
+            continue
         if path.is_file():
             found.append(spec)
         elif spec.name in REQUIRED_SPLITS:

@@ -1,7 +1,7 @@
 """The synthetic *shapes* dataset written in the MS COCO 2017 layout.
 
 :func:`generate_shapes_dataset` writes ``train2017/``, ``val2017/``, ``test2017/``, ``unlabeled2017/``
-and ``annotations/captions_train2017.json``, ...: the scenes come from ``shapes_scene.py``, the pictures
+and ``annotations/captions_{train,val,test}2017.json``, ...: the scenes come from ``shapes_scene.py``, the pictures
 from ``shapes_draw.py`` and the captions from ``shapes_captions.py``. Everything is a pure function of
 ``(seed, split, index, image_size)``, so a rerun after an interruption regenerates exactly the
 missing files and skips the complete ones.
@@ -18,7 +18,8 @@ from captioner.data.shapes_draw import encode_jpeg, render_scene
 from captioner.data.shapes_scene import ID_STRIDE, SPLITS, image_id_for, scene_for
 from captioner.infra.fileio import atomic_write_bytes
 
-CAPTIONED_SPLITS = ("train", "val")
+# The test split has reference captions too, as Karpathy's test split has: select on val, report on test.
+CAPTIONED_SPLITS = ("train", "val", "test")
 
 
 PARAMS_FILE = "shapes_params.json"
@@ -60,10 +61,12 @@ def generate_shapes_dataset(root: str | Path, n_train: int = 4000, n_val: int = 
     """Write the shapes dataset under ``root`` in the COCO 2017 layout; returns images per split.
 
     Layout: ``{train,val,test}2017/*.jpg`` (and ``unlabeled2017/`` when ``n_unlabeled > 0``),
-    named ``f"{image_id:012d}.jpg"``; ``annotations/captions_{train,val}2017.json`` (COCO schema:
+    named ``f"{image_id:012d}.jpg"``; ``annotations/captions_{train,val,test}2017.json`` (COCO schema:
     ``info, licenses, images[{id, file_name, width, height, ...}], annotations[{id, image_id,
-    caption}]``; caption ``id = 10 * image_id + k``); ``annotations/image_info_test2017.json``
-    (and ``image_info_unlabeled2017.json``), images only. Plus ``shapes_params.json`` recording
+    caption}]``; caption ``id = 10 * image_id + k``); ``annotations/image_info_unlabeled2017.json``
+    when there are unlabeled images, images only. Each image's captions come from a random stream of
+    its own (``caption_rng``), so adding the test split's captions left the train and val files as
+    they were. Plus ``shapes_params.json`` recording
     the seed and size, so that a rerun with other ones is refused instead of mixing images.
 
     Each file is written under a temporary name and renamed when complete, so an image that exists
@@ -110,6 +113,8 @@ def generate_shapes_dataset(root: str | Path, n_train: int = 4000, n_val: int = 
         if split in CAPTIONED_SPLITS:
             document["annotations"] = annotations
             name = f"captions_{split}2017.json"
+            # A folder made when the test split had no captions still holds its images-only file.
+            (root / "annotations" / f"image_info_{split}2017.json").unlink(missing_ok=True)
         else:
             name = f"image_info_{split}2017.json"
         atomic_write_bytes(root / "annotations" / name, json.dumps(document).encode())

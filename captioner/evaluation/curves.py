@@ -4,11 +4,12 @@ The log holds two kinds of records (see :class:`captioner.training.log.JsonlLogg
 
 * step records, every ``log_every`` steps: ``{"epoch", "step", "loss", "lr", "items_per_s"}``;
 * epoch records, one per completed epoch: ``{"epoch", "step", "train_loss", "val_loss", ...}``,
-  plus ``"bleu4"`` from train_captioner.py.
+  plus ``"val_scores"``, ``"select_by"`` and ``"selection"`` (the score that picks the best epoch)
+  from train_captioner.py.
 
 :func:`draw_curves` puts panels side by side: (1) train_loss and val_loss against epoch, (2) the
-learning rate against step, from the step records, and (3) BLEU-4 against epoch, only when some
-record has ``"bleu4"``. A resumed run appends to the same log, so an epoch or a step may appear more
+learning rate against step, from the step records, and (3) the selection score against epoch, only
+when some record has ``"selection"``. A resumed run appends to the same log, so an epoch or a step may appear more
 than once: the later record wins. NaN and infinite values are left out.
 """
 
@@ -154,13 +155,16 @@ def draw_curves(records: list[dict], title: str = "") -> Image.Image:
     """The panels for ``records`` side by side, each ``PANEL_W`` x ``PANEL_H``, under ``title`` if given.
 
     Always the loss and learning-rate panels ("no data" when a panel has nothing to show), and a
-    BLEU-4 panel when an epoch record has ``"bleu4"``.
+    panel of the checkpoint-selection score when an epoch record has ``"selection"`` (its name from
+    ``"select_by"``).
     """
     train, val = epoch_series(records, "train_loss"), epoch_series(records, "val_loss")
     panels = [("loss per epoch", "epoch", "loss", [("train", *train, BLUE), ("val", *val, ORANGE)]),
               ("learning rate", "step", "lr", [("lr", *series(records, "lr", by="step"), GREEN)])]
-    if any("bleu4" in r for r in records):
-        panels.append(("BLEU-4 per epoch", "epoch", "BLEU-4", [("bleu4", *epoch_series(records, "bleu4"), PURPLE)]))
+    if any("selection" in r for r in records):
+        name = next(r["select_by"] for r in reversed(records) if "selection" in r)
+        panels.append((f"{name} per epoch (val)", "epoch", name,
+                       [(name, *epoch_series(records, "selection"), PURPLE)]))
     top = TITLE_H if title else 0
     image = Image.new("RGB", (PANEL_W * len(panels), PANEL_H + top), "white")
     draw = ImageDraw.Draw(image)

@@ -1,10 +1,11 @@
-"""Corpus BLEU-1..4 and CIDEr-D, written to agree with the COCO caption evaluation toolkit.
+"""Corpus BLEU-1..4, ROUGE-L and CIDEr-D, written to agree with the COCO caption evaluation toolkit.
 
 The published captioning tables come from the COCO caption toolkit (``pycocoevalcap``): its PTB
-tokenizer normalises every caption, ``Bleu`` scores with the *closest* reference length, ``Cider``
-computes what the literature calls CIDEr-D. This module and ``ptb_tokenizer.py`` reimplement those three steps in
-Python (numpy for the counting) so the numbers are comparable with the tables without Java or
-the toolkit installed:
+tokenizer normalises every caption, ``Bleu`` scores with the *closest* reference length, ``Rouge``
+is an F-measure of longest common subsequences, ``Cider`` computes what the literature calls
+CIDEr-D. This module and ``ptb_tokenizer.py`` reimplement those steps in Python (numpy for the
+counting) so the numbers are comparable with the tables without Java or the toolkit installed
+(METEOR and SPICE need the toolkit's Java programs: ``evaluate.py --official``):
 
 >>> refs = {1: ["a cat sits on a mat"], 2: ["a dog runs"]}
 >>> hyps = {1: "A cat sits on the mat.", 2: ""}
@@ -12,7 +13,7 @@ the toolkit installed:
 >>> scores["n_images"], scores["n_empty"]
 (2, 1)
 
-``bleu`` and ``cider_d`` take captions that are already tokenized (words separated by spaces), as
+``bleu``, ``rouge_l`` and ``cider_d`` take captions that are already tokenized (words separated by spaces), as
 the toolkit's scorers do; ``evaluate_captions`` applies ``tokenize_caption`` to both sides first.
 """
 
@@ -220,6 +221,54 @@ def bleu(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Hasha
     return scores
 
 
+def longest_common_subsequence(a: Sequence[str], b: Sequence[str]) -> int:
+    """The length of the longest common subsequence of two word lists (not necessarily contiguous).
+
+    The textbook dynamic programme: ``row[j]`` is the LCS of the words of ``a`` seen so far and
+    ``b[:j]``; a match extends the diagonal, otherwise the longer of the two neighbours is kept.
+
+    >>> longest_common_subsequence("a cat on a mat".split(), "a cat sat on the mat".split())  # a cat on mat
+    4
+    """
+    row = [0] * (len(b) + 1)
+    for word in a:
+        diagonal = 0  # the previous row's value at j - 1
+        for j, other in enumerate(b, start=1):
+            diagonal, row[j] = row[j], diagonal + 1 if word == other else max(row[j], row[j - 1])
+    return row[-1]
+
+
+def rouge_l(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Hashable, str],
+            beta: float = 1.2) -> float:
+    """ROUGE-L as the COCO toolkit computes it (``Rouge``): the mean over images of an LCS F-measure.
+
+    Inputs are already tokenized (space-separated words; see ``tokenize_caption``). Per image, with
+    the hypothesis h and each reference r: precision LCS(h, r) / |h| and recall LCS(h, r) / |r|;
+    the best precision and the best recall over the references are taken *separately* (they may
+    come from different references), and the image scores
+    F = (1 + beta^2) P R / (R + beta^2 P), 0 when either is 0. beta = 1.2 weighs recall a little
+    more than precision. Captions are split on single spaces as the toolkit splits them, so an empty
+    caption is one empty word: an empty hypothesis scores 0, but 1 beside an empty reference.
+
+    >>> round(rouge_l({1: ["a b c d"]}, {1: "a b x"}), 6)  # 2.44 * 2/3 * 2/4 / (2/4 + 1.44 * 2/3)
+    0.557078
+    """
+    ids = _check_inputs(references, hypotheses)
+    scores = []
+    for image_id in ids:
+        # The toolkit splits on single spaces, so an empty caption is one empty word, never zero words.
+        hyp = hypotheses[image_id].split(" ")
+        refs = [r.split(" ") for r in references[image_id]]
+        lcs = [longest_common_subsequence(ref, hyp) for ref in refs]
+        precision = max(n / len(hyp) for n in lcs)
+        recall = max(n / len(ref) for n, ref in zip(lcs, refs))
+        if precision > 0 and recall > 0:
+            scores.append((1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision))
+        else:
+            scores.append(0.0)
+    return float(np.mean(scores))
+
+
 def cider_d(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Hashable, str],
             sigma: float = 6.0, max_n: int = 4) -> float:
     """Corpus CIDEr-D as the COCO toolkit computes it (its ``Cider`` class is CIDEr-D).
@@ -275,20 +324,22 @@ def cider_d(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Ha
 
 def evaluate_captions(references: Mapping[Hashable, Sequence[str]],
                       hypotheses: Mapping[Hashable, str]) -> dict:
-    """Tokenize raw captions and score them: BLEU-1..4, CIDEr-D, and how many were empty.
+    """Tokenize raw captions and score them: BLEU-1..4, ROUGE-L, CIDEr-D, and how many were empty.
 
     ``references`` maps an image id to its raw reference captions, ``hypotheses`` the same ids
     to one raw generated caption. Both sides go through ``tokenize_caption``. A hypothesis that
     is empty after tokenization is scored as empty (no n-grams; its reference length still
     counts in BLEU's brevity penalty) and counted in ``n_empty``, never dropped.
 
-    Returns ``{"BLEU-1": .., "BLEU-2": .., "BLEU-3": .., "BLEU-4": .., "CIDEr-D": ..,
-    "n_images": int, "n_empty": int}``; scores are fractions (BLEU in [0, 1], CIDEr-D in [0, 10]).
+    Returns ``{"BLEU-1": .., "BLEU-2": .., "BLEU-3": .., "BLEU-4": .., "ROUGE-L": .., "CIDEr-D": ..,
+    "n_images": int, "n_empty": int}``; scores are fractions (BLEU and ROUGE-L in [0, 1], CIDEr-D in
+    [0, 10]).
     """
     ids = _check_inputs(references, hypotheses)
     refs = {i: [tokenize_caption(r) for r in references[i]] for i in ids}
     hyps = {i: tokenize_caption(hypotheses[i]) for i in ids}
     result = {f"BLEU-{k + 1}": score for k, score in enumerate(bleu(refs, hyps))}
+    result["ROUGE-L"] = rouge_l(refs, hyps)
     result["CIDEr-D"] = cider_d(refs, hyps)
     result["n_images"] = len(ids)
     result["n_empty"] = sum(1 for h in hyps.values() if not h)
