@@ -1,6 +1,6 @@
 """The captioner as a whole: build it, its teacher-forcing loss, and rebuild it from a checkpoint.
 
-The captioner is a :class:`~transformer_components.TransformerEncoderDecoder` of an image encoder and a
+The captioner is a :class:`~transformer_components.EncoderDecoder` of an image encoder and a
 caption decoder, so greedy decoding and beam search work on every combination unchanged:
 
     encoder_kind  vit     :class:`~captioner.models.vit.ImageEncoder`, patch features (B, L, C)
@@ -55,7 +55,7 @@ from captioner.training.checkpoints import (
     load_checkpoint,
     load_state_dict_checked,
 )
-from transformer_components import TransformerEncoderDecoder
+from transformer_components import EncoderDecoder
 
 KIND = "captioner"  # the checkpoint kind of train_captioner.py
 
@@ -66,7 +66,7 @@ LSTM_DECODERS = {"lstm": ShowAndTellDecoder, "attention-lstm": AttendAndTellDeco
 
 def build_captioner(encoder_config: ViTConfig | ResNetConfig, decoder: CaptionDecoderConfig, vocab_size: int,
                     max_len: int, decoder_kind: str = "transformer",
-                    lstm: LSTMDecoderConfig | None = None) -> TransformerEncoderDecoder:
+                    lstm: LSTMDecoderConfig | None = None) -> EncoderDecoder:
     """An encoder (ViT or ResNet, by the type of ``encoder_config``) + a caption decoder of ``decoder_kind``
     (``decoder`` configures a transformer, ``lstm`` an LSTM); ``max_len`` = the most token positions ever decoded.
 
@@ -84,11 +84,11 @@ def build_captioner(encoder_config: ViTConfig | ResNetConfig, decoder: CaptionDe
                                                       pad_id=PAD_ID)
     else:
         raise ValueError(f"decoder_kind: expected transformer, lstm or attention-lstm, got {decoder_kind!r}")
-    return TransformerEncoderDecoder(encoder, caption_decoder)
+    return EncoderDecoder(encoder, caption_decoder)
 
 
 def captioner_for_config(cfg: CaptionerRunConfig, encoder_config: ViTConfig | ResNetConfig, vocab_size: int,
-                         max_len: int) -> TransformerEncoderDecoder:
+                         max_len: int) -> EncoderDecoder:
     """:func:`build_captioner` with the decoder named by a run config."""
     return build_captioner(encoder_config, cfg.decoder, vocab_size, max_len, cfg.decoder_kind, cfg.lstm)
 
@@ -117,7 +117,7 @@ def eos_suppression_loss(logits: Tensor, targets: Tensor) -> Tensor:
     return (p_eos * before_end).sum() / before_end.sum().clamp(min=1)
 
 
-def teacher_forcing_loss(model: TransformerEncoderDecoder, images: Tensor, tokens: Tensor, image_index: Tensor,
+def teacher_forcing_loss(model: EncoderDecoder, images: Tensor, tokens: Tensor, image_index: Tensor,
                          label_smoothing: float = 0.0) -> Tensor:
     """The training loss of a batch: images (U, 3, H, W) normalised, each encoded once; tokens (B, T)
     ``<sos> ... <eos> <pad>...``; image_index (B,) the row of ``images`` each caption describes."""
@@ -135,7 +135,7 @@ def checkpoint_extras(encoder_config: ViTConfig | ResNetConfig, vocab_size: int,
 
 
 def captioner_from_payload(payload: dict, source: str | Path, cfg: CaptionerRunConfig | None = None,
-                           max_len: int = 0) -> TransformerEncoderDecoder:
+                           max_len: int = 0) -> EncoderDecoder:
     """The captioner described by a checkpoint payload, with its weights (on the CPU).
 
     ``cfg`` replaces the stored run config's decoder settings (a resumed run's ``--set`` overrides);
