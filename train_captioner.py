@@ -60,20 +60,15 @@ from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.metrics import evaluate_captions
 from captioner.infra.compile import maybe_compile
-from captioner.models.captioner import (
-    KIND,
-    caption_loss,
-    captioner_for_config,
-    captioner_from_payload,
-    checkpoint_extras,
-    encoder_from_mae_checkpoint,
-    eos_suppression_loss,
-)
+from captioner.models.captioner import KIND, caption_loss, captioner_for_config, eos_suppression_loss
 from captioner.models.lstm_decoders import doubly_stochastic_penalty
 from captioner.text.tokenizers import PAD_ID, load_tokenizer
 from captioner.training.checkpoints import (
     CheckpointError,
+    captioner_from_payload,
+    checkpoint_extras,
     checkpoint_path,
+    encoder_from_mae_checkpoint,
     load_checkpoint,
     resume_from,
     save_checkpoint,

@@ -53,12 +53,12 @@ from captioner.evaluation.curves import write_curves
 from captioner.evaluation.pictures import picture_scale, retrieval_figure, save_png
 from captioner.evaluation.retrieval import RECALL_KS, embed_split, random_recall, recall_at_k, top_k_search
 from captioner.infra.fileio import write_json
-from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.dual_encoder import KIND, DualEncoder
 from captioner.text.tokenizers import load_tokenizer
 from captioner.training.checkpoints import (
     CheckpointError,
     checkpoint_path,
+    encoder_from_mae_checkpoint,
     load_checkpoint,
     resume_from,
     save_checkpoint,

@@ -4,8 +4,8 @@ train_captioner.py writes, for the tests of the scripts that read one."""
 from pathlib import Path
 
 from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ViTConfig, config_to_dict
-from captioner.models.captioner import KIND, build_captioner, checkpoint_extras
-from captioner.training.checkpoints import save_checkpoint
+from captioner.models.captioner import KIND, build_captioner
+from captioner.training.checkpoints import checkpoint_extras, save_checkpoint
 
 
 def save_untrained_captioner(path: Path, vit: ViTConfig, decoder: CaptionDecoderConfig, cfg: CaptionerRunConfig,
