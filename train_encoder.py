@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -94,7 +95,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("data.group_by_length is a train_captioner.py setting (MAE's batches hold images, "
                          "not captions): set data.group_by_length=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
-    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    device, precision = setup_device(str(dist_info.device), cfg.train.precision)
+    # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
+    # DDP copies rank 0's initial weights to the others
+    torch.manual_seed(cfg.train.seed + dist_info.rank)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
 
     # ---- 2. data --------------------------------------------------------------------------------

@@ -109,7 +109,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "captions are its negatives: batches of alike captions would change the loss): "
                          "set data.group_by_length=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
-    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    device, precision = setup_device(str(dist_info.device), cfg.train.precision)
+    # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
+    # DDP copies rank 0's initial weights to the others
+    torch.manual_seed(cfg.train.seed + dist_info.rank)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
     tokenizer = load_tokenizer(tokenizer_path)

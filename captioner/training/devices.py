@@ -8,11 +8,8 @@ bf16 matrices in hardware (Intel AMX), and fp32 elsewhere; inference on a CPU st
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
-
-from captioner.config import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,20 +69,12 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def setup_device(device_name: str, train: TrainConfig, run_dir: str | Path,
-                 rank: int = 0) -> tuple[torch.device, str, Path]:
-    """``(device, resolved precision, run directory)``; seeds torch with ``train.seed`` first so the
-    model's initialisation is reproducible, and creates the run directory.
-
-    ``rank`` (torchrun) is added to the seed so the processes draw different dropout masks; rank 0
-    seeds like a single process, and DDP copies rank 0's initial weights to the others.
-    """
+def setup_device(device_name: str, precision: str) -> tuple[torch.device, str]:
+    """``(device, resolved training precision)`` for a training script; on CUDA it also lets fp32
+    matmuls use TF32 tensor cores."""
     device = resolve_device(device_name)
-    precision = resolve_precision(train.precision, device, training=True)
+    precision = resolve_precision(precision, device, training=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores when fp32 is asked for
         torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(train.seed + rank)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return device, precision, run_dir
+    return device, precision
