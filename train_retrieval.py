@@ -2,7 +2,7 @@
 
     python train_retrieval.py                                          # shapes, ViT from scratch (CPU, minutes)
     python train_retrieval.py -p runs/shapes_encoder                   # the image tower from the MAE encoder
-    python train_retrieval.py --set contrastive.loss=cosine            # the seed's +-1 cosine loss instead of InfoNCE
+    python train_retrieval.py --set contrastive.loss=cosine            # the original project's +-1 cosine loss instead of InfoNCE
     python train_retrieval.py --set contrastive.optimizer=lamb         # LAMB instead of AdamW
     python train_retrieval.py -c runs/shapes_retrieval/checkpoint3.pt  # continue exactly where it stopped
 

@@ -150,6 +150,10 @@ MUTANTS = [
     mutant("length-penalty-n-alpha", "transformer_components/generation.py",
            "return ((5.0 + length) / 6.0) ** alpha", "return length ** alpha",
            ["tests/test_generation.py", "tests/test_notebook.py"]),
+    # ---- a config's base: sections merge key by key
+    mutant("config-base-section-replaced", "captioner/config.py",
+           "value = merge_configs(merged[key], value)", "pass",
+           ["tests/test_config.py"], "a preset's section would drop every base key it does not repeat"),
     # ---- the plain beam search: a finished hypothesis normalised at the wrong length
     mutant("plain-beam-pool-normalised-at-max-len", "transformer_components/generation.py",
            "pool += [(seq, score / length_penalty(t, alpha))",

@@ -1,10 +1,12 @@
 """captioner/config.py: typed YAML configs, overrides, and errors that name the file and key."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from captioner.config import (
+    CaptionerRunConfig,
     ConfigError,
     EncoderRunConfig,
     apply_overrides,
@@ -71,3 +73,41 @@ def test_optional_and_int_to_float_fields():
         config_from_dict(Example, {"names": ["a", 2]})
     with pytest.raises(ConfigError, match="ratio: expected a number"):
         config_from_dict(Example, {"ratio": True})
+
+
+def test_a_config_extends_its_base_relative_to_its_own_file(tmp_path):
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "presets" / "root.yaml").write_text("run_dir: runs/a\ntrain:\n  lr: 0.5\n  epochs: 4\nsplits: [train]\n")
+    (tmp_path / "presets" / "middle.yaml").write_text("base: root.yaml\ntrain:\n  epochs: 8\n")
+    (tmp_path / "leaf.yaml").write_text("base: presets/middle.yaml\nsplits: [train, unlabeled]\n")
+    cfg = load_config(EncoderRunConfig, tmp_path / "leaf.yaml", ["train.seed=3"])
+    assert (cfg.run_dir, cfg.train.lr, cfg.train.epochs, cfg.train.seed) == ("runs/a", 0.5, 8, 3)
+    assert cfg.splits == ["train", "unlabeled"]  # a list replaces the base's, it is not appended to
+    assert cfg.train.beta2 == 0.95  # neither file names it: the built-in default
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: missing.yaml\n", "missing.yaml: cannot read"),
+    ("base: [a.yaml]\n", "base: expected the path of another config file"),
+    ("base: self.yaml\n", "a cycle of bases"),
+])
+def test_bad_bases_name_the_file(tmp_path, text, message):
+    (tmp_path / "self.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_config(EncoderRunConfig, tmp_path / "self.yaml")
+
+
+def test_the_shapes8k_presets_change_only_what_they_say():
+    configs = Path(__file__).parents[1] / "configs"
+
+    def changed(cls, name, base):
+        new, old = config_to_dict(load_config(cls, configs / name)), config_to_dict(load_config(cls, configs / base))
+        return {(section, key) for section in new for key in (new[section] if isinstance(new[section], dict) else [None])
+                if (new[section][key] if key else new[section]) != (old[section][key] if key else old[section])}
+
+    data_and_epochs = {("run_dir", None), ("data", "processed_dir"), ("train", "epochs")}
+    assert changed(EncoderRunConfig, "shapes8k_encoder.yaml", "shapes_encoder.yaml") == data_and_epochs
+    assert changed(CaptionerRunConfig, "shapes8k_captioner.yaml", "shapes_captioner.yaml") == data_and_epochs | {
+        ("encoder_config", None)}
+    assert load_config(CaptionerRunConfig, configs / "shapes8k_captioner.yaml").train.epochs == 14
+    assert load_config(EncoderRunConfig, configs / "shapes8k_encoder.yaml").train.epochs == 12

@@ -26,7 +26,7 @@ attends over it exactly as over the ViT's patch features. There is no global poo
 Show-and-Tell decoder averages the grid itself.
 
 The ResNet-50/101-shaped presets (``configs/coco_resnet*.yaml``) start from random weights: this project
-has no ImageNet weights and downloads none. The seeds started from ImageNet-pretrained ResNets, whose
+has no ImageNet weights and downloads none. The original projects started from ImageNet-pretrained ResNets, whose
 features already know objects; a ResNet trained from scratch on captions alone learns them from far
 less data and needs many more epochs to get close.
 """

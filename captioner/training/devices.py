@@ -25,9 +25,8 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_bf16_matrix_units() -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles, Sapphire Rapids and
-    later): PyTorch's bf16 matmuls of the shapes presets' sizes then ran 2-9x faster than fp32 ones
-    (one thread, on the project's machine, beside another job). Without AMX, bf16 on a CPU is emulated or merely
-    vectorised, and no faster."""
+    later), where bf16 matmuls beat fp32 ones; without AMX, bf16 on a CPU is emulated or merely
+    vectorised, and no faster (docs/benchmarks.md#precision-on-a-cpu-bf16-and-fused-adamw)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # PyTorch >= 2.3; private, hence the guard
     try:
         return bool(probe()) if probe is not None else False
@@ -39,9 +38,9 @@ def resolve_precision(precision: str, device: torch.device, training: bool = Fal
     """Map ``auto|bf16|fp16|fp32`` to what will run.
 
     ``auto``: on CUDA bf16 where supported, else fp16. On a CPU, fp32, except for ``training`` on a CPU
-    with AMX (:func:`cpu_has_bf16_matrix_units`), where bf16 autocast makes a shapes training step
-    1.2-1.3x faster with 2 threads (docs/benchmarks.md). Inference on a CPU stays fp32: it takes seconds, and its
-    scores then do not depend on the CPU.
+    with AMX (:func:`cpu_has_bf16_matrix_units`), where bf16 autocast makes a training step faster
+    (docs/benchmarks.md#precision-on-a-cpu-bf16-and-fused-adamw). Inference on a CPU stays fp32: it takes seconds, and its scores then do not
+    depend on the CPU.
     """
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"unknown precision {precision!r}: use auto, bf16, fp16 or fp32")
