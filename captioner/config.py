@@ -151,7 +151,7 @@ class LSTMDecoderConfig:
     image_input: Literal["state", "first_input"] = "state"  # lstm: the pooled image sets (h0, c0), or is step 0's input
     # attention-lstm: lambda of the doubly stochastic term lambda * sum_cells (1 - sum_t alpha_t)^2. The sum runs over
     # all S cells, and a caption of T < S steps cannot give each cell a full unit: the term's floor is S * (1 - T/S)^2,
-    # about 38 for shapes (64 cells, ~15 steps). 0.02 (about 1/S) keeps it beside the cross-entropy, not above it.
+    # 43.6 on average for shapes (64 cells, 11.3 steps). 0.02 (about 1/S) keeps it beside the cross-entropy.
     attention_reg: float = 0.02
 
 
