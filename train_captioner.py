@@ -4,42 +4,22 @@
     python train_captioner.py                                          # the same model from scratch
     python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt  # continue exactly where it stopped
     python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder
+    torchrun --nproc_per_node=N train_captioner.py ...                 # several GPUs (lines marked [distributed])
 
-The encoder is a ViT (``encoder_kind: vit``, the default) or a handwritten ResNet (``resnet``), the
-decoder a transformer (``decoder_kind: transformer``, the default), a Show-and-Tell LSTM (``lstm``) or a
-Show-Attend-Tell LSTM (``attention-lstm``); see ``configs/ladder_*.yaml``.
+The sections of ``main``, top to bottom:
 
-Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint;
-without it, the architecture is read from the ``model`` section of the encoder YAML named by the
-config's ``encoder_config`` and the weights start random; with ``-c`` everything comes from the
-captioner checkpoint (which stores the architecture and the tokenizer). A ResNet's architecture is the
-config's ``resnet`` section; it always starts random (no pretrained ResNet exists here).
+    1. config, device, tokenizer: the YAML or the checkpoint's config; seed; the run folder
+    2. model: the encoder from -p (captioner/training/checkpoints.py), from -c, or random
+    3. data: caption batches grouped by image, the validation loaders
+    4. optimiser (every unfreeze group, captioner/training/unfreeze.py), gradient scaler, resume
+    5. the training loop: the epoch's freeze state, then per step
+       5a the learning rate times each group's multiplier, 5b the forward pass and the loss under
+       autocast (teacher forcing, captioner/models/captioner.py), 5c backward, clipping, the
+       optimiser step, 5d the log line
+    6. validation: the loss and the BLEU-4 of beam-search captions
+    7. checkpoint{N}.pt, checkpoint_best.pt, log.jsonl, curves.png; early stopping (eval.patience)
 
-Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
-cross-entropy with label smoothing over the non-pad targets (plus, when configured, the end-of-sentence
-suppression term ``eos_suppression`` and the attention LSTM's doubly stochastic term ``lstm.attention_reg``), each image of a batch encoded once and
-shared by all its captions. A pretrained encoder is unfrozen layer by layer from the top down
-(``captioner/training/unfreeze.py``); a from-scratch encoder trains fully from the first step.
-
-Each epoch: the training loss, the validation loss, BLEU-4 of beam-search captions on the first
-``eval.bleu_images`` validation images, a few sample captions beside a reference, one line in
-``log.jsonl``, ``curves.png`` (losses, learning rate and BLEU-4 so far) and ``checkpoint{N}.pt``
-(N = completed epochs); the best epoch by BLEU-4 is also kept as ``checkpoint_best.pt``.
-
-The training step is written out in ``main``, in numbered sections: 5a the learning rate of the step
-with each group's unfreezing multiplier, 5b the forward pass and the loss under autocast, 5c backward,
-clipping and the optimiser step, 5d the log line; then 6 validation (loss and BLEU-4) and 7 the
-checkpoint.
-
-With ``eval.patience`` > 0 training stops after that many epochs without a better BLEU-4.
-
-Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the learning rate a
-function of the step, the freeze state a function of the epoch, and the checkpoint holds the model,
-optimiser, scaler and RNG states (dropout), so ``-c checkpointK.pt`` repeats what an uninterrupted run
-would have done.
-
-Several GPUs: ``torchrun --nproc_per_node=N train_captioner.py ...`` trains with DistributedDataParallel
-(``captioner/training/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
+Options: ``--help``. What each config key does: ``captioner/config.py``.
 """
 
 from __future__ import annotations
