@@ -22,17 +22,11 @@ of ``eval.splits`` beside the random baseline (also in ``results.json``), and ``
 first validation images with their top retrieved captions from the validation captions, the true
 ones marked.
 
-The training step is written out in ``main``, in numbered sections: 5a the learning rate of the
-step, 5b the forward pass and the loss under autocast, 5c backward, clipping and the optimiser step,
-5d the log line; then 6 validation and 7 the checkpoint; 8 the final evaluation.
-
-Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the negatives of the
-cosine loss come from a generator seeded with ``(seed, e)``, the learning rate is a function of the
-step, and the checkpoint holds the model, optimiser, scaler and RNG states.
-
-Several GPUs: ``torchrun --nproc_per_node=N train_retrieval.py ...`` trains with DistributedDataParallel;
-each process's negatives are the captions of its own share of the batch (no all-gather). The lines
-that differ from a single process are marked ``[distributed]``.
+The sections of ``main``: 1 config, device, tokenizer, seed and run folder; 2 the model; 3 data;
+4 optimiser, gradient scaler, resume; 5 the training loop (5a the learning rate, 5b the forward pass and
+the loss under autocast, 5c backward, clipping and the optimiser step, 5d the log line); 6 validation;
+7 the checkpoint; 8 the final evaluation. Under ``torchrun`` each process's negatives are the captions
+of its own share of the batch (no all-gather); the lines that differ are marked ``[distributed]``.
 """
 
 from __future__ import annotations
