@@ -10,7 +10,7 @@ Sections (one function each, all returning `Row`s):
   the faster of two kept. Ratios against fp32 (what ``train.precision: auto`` gains where it takes bf16).
 On CUDA the sections also print the model-FLOPs utilisation against the GPU's dense bf16 peak and
 the peak GPU memory. Inputs are synthetic (images of the preset's size, captions of CAPTION_SHAPES),
-so no dataset is needed; warm-up steps and compiling are not timed. Figures: docs/benchmarks.md.
+so no dataset is needed; warm-up steps and compiling are not timed. Figures: docs/benchmarks.md#training-steps.
 
 Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
                                    [--compile-mode default|reduce-overhead|max-autotune|...]

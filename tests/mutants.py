@@ -19,7 +19,7 @@ The working tree is never modified. Usage (from the repository root)::
     python tests/mutants.py --list        # names, files and tests only
 
 The exit status is 1 when a break survived or was stale. The file is named without ``test_`` so
-that pytest never collects or imports it. See docs/testing.md.
+that pytest never collects or imports it. See docs/testing.md#testsmutantspy-every-recorded-break-automatically.
 """
 
 from __future__ import annotations
