@@ -58,9 +58,8 @@ from captioner.evaluation.official import check_toolkit, official_scores, offici
 from captioner.evaluation.pictures import attention_figure, captions_figure, picture_scale, save_png
 from captioner.evaluation.truth import check_caption, shapes_scenes, truth_scores
 from captioner.infra.fileio import atomic_write_bytes
-from captioner.models.captioner import load_captioner
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
-from captioner.training.checkpoints import latest_checkpoint
+from captioner.training.checkpoints import latest_checkpoint, load_captioner
 from captioner.training.devices import autocast, resolve_device, resolve_precision
 
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D")

@@ -34,15 +34,9 @@ Output, under ``<data-dir>/processed/`` (format version ``captioner.data.process
   the format version. It is written last: a folder without it is incomplete.
 - ``stamps/{output}.stamp``: one small JSON per finished output with a fingerprint of what it was made from.
 
-Bad input never stops the run unless an annotation file itself is unreadable (not JSON, or a
-top-level key missing): that stops the script with a message naming the file. Bad annotations
-(missing keys, duplicate ids, empty captions, captions of unknown images, images without
-captions) and bad images (missing, empty, truncated, corrupt, decompression bombs) are skipped,
-reported with their path and reason, counted, and left out of their split consistently.
-
-Interrupted runs: every output is written under a temporary name and renamed when complete, and a
-rerun redoes only the outputs whose stamp is missing or made from other inputs or options, so it
-picks up where the last run stopped.
+Bad annotations and bad images are skipped, counted and reported with their path and reason
+(``captioner/data/coco_annotations.py``, ``captioner/data/image_io.py``); every output is written under a
+temporary name with a stamp of its inputs, so a rerun redoes only what is missing (``captioner/infra/stamps.py``).
 """
 
 import argparse

@@ -4,48 +4,25 @@
     python train_captioner.py                                          # the same model from scratch
     python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt  # continue exactly where it stopped
     python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder
+    torchrun --nproc_per_node=N train_captioner.py ...                 # several GPUs (lines marked [distributed])
 
-The encoder is a ViT (``encoder_kind: vit``, the default) or a handwritten ResNet (``resnet``), the
-decoder a transformer (``decoder_kind: transformer``, the default), a Show-and-Tell LSTM (``lstm``) or a
-Show-Attend-Tell LSTM (``attention-lstm``); see ``configs/ladder_*.yaml``.
+The sections of ``main``, top to bottom:
 
-Where a ViT encoder comes from: with ``-p`` its architecture and weights come from the MAE checkpoint,
-or from published weights (``-p mae_vit_base``, or an official MAE / timm file: docs/pretrained.md);
-without it, the architecture is read from the ``model`` section of the encoder YAML named by the
-config's ``encoder_config`` and the weights start random; with ``-c`` everything comes from the
-captioner checkpoint (which stores the architecture, the preprocessing and the tokenizer). A ResNet's
-architecture is the config's ``resnet`` section; it starts from torchvision's ImageNet weights when
-``resnet.weights`` names them (``resnet101``, or a file), else random.
+    1. config, device, tokenizer: the YAML or the checkpoint's config; seed; the run folder
+    2. model: the encoder from -p (this project's MAE checkpoint, or published weights:
+       captioner/models/pretrained.py), from -c, or random
+    3. data: caption batches grouped by image, the validation loaders
+    4. optimiser (every unfreeze group, captioner/training/unfreeze.py), gradient scaler, resume
+    5. the training loop: the epoch's freeze state, then per step
+       5a the learning rate times each group's multiplier, 5b the forward pass and the loss under
+       autocast (teacher forcing, captioner/models/captioner.py) and backward, for each micro-batch
+       (train.accumulate_steps), 5c clipping, the optimiser step, 5d the log line
+    6. validation: the loss, and the scores of beam-search captions on the first eval.select_images
+       validation images (docs/protocol.md#selection)
+    7. checkpoint{N}.pt, checkpoint_best.pt (the best epoch by eval.select_by), log.jsonl, curves.png;
+       early stopping (eval.patience)
 
-Training: teacher forcing (the decoder reads ``tokens[:, :-1]`` and predicts ``tokens[:, 1:]``),
-cross-entropy with label smoothing over the non-pad targets (plus, when configured, the end-of-sentence
-suppression term ``eos_suppression`` and the attention LSTM's doubly stochastic term ``lstm.attention_reg``), each image of a batch encoded once and
-shared by all its captions. A pretrained encoder is unfrozen layer by layer from the top down
-(``captioner/training/unfreeze.py``); a from-scratch encoder trains fully from the first step.
-
-Each epoch: the training loss, the validation loss, and beam-search captions of the first
-``eval.select_images`` validation images (a fixed subset) scored with BLEU-1..4, ROUGE-L, CIDEr-D and,
-on the shapes data, the share of captions true in full; a few sample captions beside a reference, one
-line in ``log.jsonl``, ``curves.png`` (losses, learning rate and the selection score so far) and
-``checkpoint{N}.pt`` (N = completed epochs). The best epoch by ``eval.select_by`` (CIDEr-D by default;
-``captions_true`` in the shapes presets) is also kept as ``checkpoint_best.pt``: select on val, then
-report on test with ``evaluate.py --split test`` (docs/protocol.md#selection).
-
-The training step is written out in ``main``, in numbered sections: 5a the learning rate of the step
-with each group's unfreezing multiplier, 5b the forward pass and the loss under autocast and backward (for
-each micro-batch, with gradient accumulation: ``train.accumulate_steps``), 5c clipping and the optimiser
-step, 5d the log line; then 6 validation (loss and scores) and 7 the
-checkpoint.
-
-With ``eval.patience`` > 0 training stops after that many epochs without a better selection score.
-
-Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the learning rate a
-function of the step, the freeze state a function of the epoch, and the checkpoint holds the model,
-optimiser, scaler and RNG states (dropout), so ``-c checkpointK.pt`` repeats what an uninterrupted run
-would have done.
-
-Several GPUs: ``torchrun --nproc_per_node=N train_captioner.py ...`` trains with DistributedDataParallel
-(``captioner/training/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
+Options: ``--help``. What each config key does: ``captioner/config.py``.
 """
 
 from __future__ import annotations
@@ -68,20 +45,15 @@ from captioner.evaluation.metrics import evaluate_captions
 from captioner.evaluation.truth import shapes_scenes, truth_scores
 from captioner.infra.compile import maybe_compile
 from captioner.infra.weights import resolve_weights
-from captioner.models.captioner import (
-    KIND,
-    caption_loss,
-    captioner_for_config,
-    captioner_from_payload,
-    checkpoint_extras,
-    eos_suppression_loss,
-)
+from captioner.models.captioner import KIND, caption_loss, captioner_for_config, eos_suppression_loss
 from captioner.models.pretrained import encoder_from_pretrained, load_torchvision_resnet, read_state_dict
 from captioner.models.lstm_decoders import doubly_stochastic_penalty
 from captioner.text.tokenizers import PAD_ID, load_tokenizer
 from captioner.training.accumulate import micro_batch_weights, steps_in_epoch, take_window
 from captioner.training.checkpoints import (
     CheckpointError,
+    captioner_from_payload,
+    checkpoint_extras,
     checkpoint_path,
     resume_from,
     save_checkpoint,
@@ -158,7 +130,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ConfigError(f"encoder_kind: -p starts from an MAE (ViT) encoder, but the config asks for "
                           f"{cfg.encoder_kind!r}; drop -p or set encoder_kind=vit")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
-    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    device, precision = setup_device(str(dist_info.device), cfg.train.precision)
+    # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
+    # DDP copies rank 0's initial weights to the others
+    torch.manual_seed(cfg.train.seed + dist_info.rank)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
     tokenizer = load_tokenizer(tokenizer_path)

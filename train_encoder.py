@@ -3,24 +3,20 @@
     python train_encoder.py                                       # shapes preset, CPU, a few minutes
     python train_encoder.py --config configs/coco_encoder.yaml    # COCO, one GPU
     python train_encoder.py -c runs/shapes_encoder/checkpoint3.pt # continue exactly where it stopped
+    torchrun --nproc_per_node=N train_encoder.py ...              # several GPUs (lines marked [distributed])
 
-Each epoch: one pass over the training images (random resized crop + flip, 75 % of the patches
-hidden), the reconstruction loss on the validation images (fixed masks, so epochs are comparable),
-a picture ``reconstruction{N}.png`` (original | masked | reconstruction), a line in ``log.jsonl``,
-``curves.png`` (loss and learning rate so far) and ``checkpoint{N}.pt`` (N = completed epochs), all in
-the run directory.
+The sections of ``main``, top to bottom:
 
-The training step is written out in ``main``, in numbered sections: 4a the learning rate of the step,
-4b the forward pass and the loss under autocast and backward (for each micro-batch, with gradient
-accumulation: ``train.accumulate_steps``), 4c clipping and the optimiser step, 4d the log line; then 5 validation and 6 the checkpoint. The helpers it calls are plain functions.
+    1. config and device: the YAML or the checkpoint's config; seed; the run folder
+    2. data: the image loader (or the whole cache on the device), the crop-and-flip transform
+    3. model (captioner/models/mae.py), optimiser, gradient scaler, resume
+    4. the training loop, per step: 4a the learning rate, 4b the forward pass and the loss under
+       autocast (crop, flip and mask from the epoch's generator) and backward, for each micro-batch
+       (train.accumulate_steps), 4c clipping, the optimiser step, 4d the log line
+    5. validation: the same loss on the validation images, with fixed masks
+    6. reconstruction{N}.png, log.jsonl, curves.png, checkpoint{N}.pt
 
-Exact resume: the data order, the augmentation and the masks of epoch ``e`` come from generators
-seeded with ``(seed, e)``, the learning rate is a function of the step, and the checkpoint holds the
-model, optimiser, scaler and RNG states, so ``-c checkpointK.pt`` repeats what an uninterrupted run
-would have done.
-
-Several GPUs: ``torchrun --nproc_per_node=N train_encoder.py ...`` trains with DistributedDataParallel
-(``captioner/training/distributed.py``); the lines that differ from a single process are marked ``[distributed]``.
+Options: ``--help``. Exact resume: captioner/training/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -28,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -110,7 +107,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("data.group_by_length is a train_captioner.py setting (MAE's batches hold images, "
                          "not captions): set data.group_by_length=false")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
-    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    device, precision = setup_device(str(dist_info.device), cfg.train.precision)
+    # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
+    # DDP copies rank 0's initial weights to the others
+    torch.manual_seed(cfg.train.seed + dist_info.rank)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
 
     # ---- 2. data --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     python train_retrieval.py                                          # shapes, ViT from scratch (CPU, minutes)
     python train_retrieval.py -p runs/shapes_encoder                   # the image tower from the MAE encoder
-    python train_retrieval.py --set contrastive.loss=cosine            # the seed's +-1 cosine loss instead of InfoNCE
+    python train_retrieval.py --set contrastive.loss=cosine            # the original project's +-1 cosine loss instead of InfoNCE
     python train_retrieval.py --set contrastive.optimizer=lamb         # LAMB instead of AdamW
     python train_retrieval.py -c runs/shapes_retrieval/checkpoint3.pt  # continue exactly where it stopped
 
@@ -22,18 +22,12 @@ of ``eval.splits`` beside the random baseline (also in ``results.json``), and ``
 first validation images with their top retrieved captions from the validation captions, the hits
 marked (a caption with the text of one of the image's own captions, Recall@K's rule).
 
-The training step is written out in ``main``, in numbered sections: 5a the learning rate of the
-step, 5b the forward pass and the loss under autocast, 5c backward, clipping, the optimiser step and
-the cap on the learned inverse temperature, 5d the log line; then 6 validation and 7 the checkpoint;
-8 the final evaluation.
-
-Exact resume: the data order of epoch ``e`` is a function of ``(seed, e)``, the negatives of the
-cosine loss come from a generator seeded with ``(seed, e)``, the learning rate is a function of the
-step, and the checkpoint holds the model, optimiser, scaler and RNG states.
-
-Several GPUs: ``torchrun --nproc_per_node=N train_retrieval.py ...`` trains with DistributedDataParallel;
-each process's negatives are the captions of its own share of the batch (no all-gather). The lines
-that differ from a single process are marked ``[distributed]``.
+The sections of ``main``: 1 config, device, tokenizer, seed and run folder; 2 the model; 3 data;
+4 optimiser, gradient scaler, resume; 5 the training loop (5a the learning rate, 5b the forward pass and
+the loss under autocast, 5c backward, clipping, the optimiser step and the cap on the learned inverse
+temperature, 5d the log line); 6 validation;
+7 the checkpoint; 8 the final evaluation. Under ``torchrun`` each process's negatives are the captions
+of its own share of the batch (no all-gather); the lines that differ are marked ``[distributed]``.
 """
 
 from __future__ import annotations
@@ -61,12 +55,12 @@ from captioner.evaluation.retrieval import (
     top_k_search,
 )
 from captioner.infra.fileio import write_json
-from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.dual_encoder import KIND, DualEncoder
 from captioner.text.tokenizers import load_tokenizer
 from captioner.training.checkpoints import (
     CheckpointError,
     checkpoint_path,
+    encoder_from_mae_checkpoint,
     load_checkpoint,
     resume_from,
     save_checkpoint,
@@ -122,7 +116,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          "negatives, so micro-batches with summed gradients are not one larger batch; raise "
                          "data.batch_size instead")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
-    device, precision, run_dir = setup_device(str(dist_info.device), cfg.train, cfg.run_dir, rank=dist_info.rank)
+    device, precision = setup_device(str(dist_info.device), cfg.train.precision)
+    # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
+    # DDP copies rank 0's initial weights to the others
+    torch.manual_seed(cfg.train.seed + dist_info.rank)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     show = not args.no_progress and dist_info.is_main  # [distributed] rank 0 alone shows progress
     tokenizer_path = Path(cfg.data.processed_dir) / "tokenizer.txt"
     tokenizer = load_tokenizer(tokenizer_path)

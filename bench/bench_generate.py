@@ -27,7 +27,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from captioner.models.caption_decoder import CaptionDecoder  # noqa: E402
-from transformer_components import MultiHeadAttention, TransformerEncoderDecoder  # noqa: E402
+from transformer_components import MultiHeadAttention, EncoderDecoder  # noqa: E402
 
 PAD, SOS, EOS = 0, 1, 2
 
@@ -64,7 +64,7 @@ def timed_round_robin(fns, device, repeats):
 def bench_beam_search(args, device):
     torch.manual_seed(0)
     decoder = CaptionDecoder(args.vocab, 512, n_layers=6, n_heads=8, d_ff=2048, max_len=32)
-    model = TransformerEncoderDecoder(nn.Identity(), decoder).to(device).eval()
+    model = EncoderDecoder(nn.Identity(), decoder).to(device).eval()
     memory = torch.randn(args.batch, args.memory_len, 512, device=device)  # (B, S, C) image tokens
     print(f"\nBeam search: batch {args.batch}, memory {args.memory_len} x 512, decoder 6 x 512, "
           f"vocab {args.vocab}, max_len 20, fp32")

@@ -36,8 +36,9 @@ from captioner.config import (
 from captioner.data.loaders import image_captions_loader
 from captioner.data.transforms import EvalTransform  # noqa: E402
 from captioner.evaluation.metrics import bleu, cider_d
-from captioner.models.captioner import build_captioner, load_captioner
+from captioner.models.captioner import build_captioner
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID, load_tokenizer
+from captioner.training.checkpoints import load_captioner
 from captioner.training.devices import autocast, resolve_device, resolve_precision
 
 N_IMAGES, N_REFS, REPEATS = 5000, 5, 3

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from captioner.models.captioner import load_captioner  # noqa: E402
+from captioner.training.checkpoints import load_captioner  # noqa: E402
 
 ROWS = {  # key: (label, run folder, arguments of train_captioner.py)
     "lstm": ("CNN + LSTM", "runs/ladder_resnet_lstm", ["--config", "configs/ladder_resnet_lstm.yaml"]),

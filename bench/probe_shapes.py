@@ -30,9 +30,12 @@ from captioner.data.datasets import ImageDataset, to_tensors  # noqa: E402
 from captioner.data.shapes_scene import SHAPES, image_id_for  # noqa: E402
 from captioner.data.transforms import EvalTransform  # noqa: E402
 from captioner.evaluation.truth import shapes_scenes  # noqa: E402
-from captioner.models.captioner import encoder_from_mae_checkpoint, load_captioner  # noqa: E402
 from captioner.models.vit import ImageEncoder  # noqa: E402
-from captioner.training.checkpoints import load_checkpoint  # noqa: E402
+from captioner.training.checkpoints import (  # noqa: E402
+    encoder_from_mae_checkpoint,
+    load_captioner,
+    load_checkpoint,
+)
 
 
 def load_encoder(source: str) -> ImageEncoder:

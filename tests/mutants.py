@@ -19,7 +19,7 @@ The working tree is never modified. Usage (from the repository root)::
     python tests/mutants.py --list        # names, files and tests only
 
 The exit status is 1 when a break survived or was stale. The file is named without ``test_`` so
-that pytest never collects or imports it. See docs/testing.md.
+that pytest never collects or imports it. See docs/testing.md#testsmutantspy-every-recorded-break-automatically.
 """
 
 from __future__ import annotations
@@ -100,13 +100,20 @@ MUTANTS = [
     mutant("decoder-embedding-not-scaled", "captioner/models/caption_decoder.py",
            "x = self.token_embedding(tokens) * math.sqrt(self.d_model)", "x = self.token_embedding(tokens)",
            TRAIN_CAPTIONER_TESTS),
-    # ---- 5. BPE pair counting (only the naive reference: get_stats' own doctest would notice the first)
+    # ---- 5. BPE pair counting (the plain trainer and get_stats' own doctest notice the first)
     mutant("bpe-pairs-counted-once-per-word", "captioner/text/bpe.py",
            "    for pair in zip(symbols, symbols[1:]):\n        counts[pair]",
            "    for pair in set(zip(symbols, symbols[1:])):\n        counts[pair]",
            ["tests/test_bpe_reference.py"]),
     mutant("bpe-word-frequency-ignored", "captioner/text/bpe.py",
            "get_stats(symbols, pair_counts, freq)", "get_stats(symbols, pair_counts, 1)",
+           ["tests/test_bpe_reference.py"]),
+    mutant("bpe-incremental-count-misses-new-pairs", "captioner/text/bpe.py",
+           "get_stats(new, delta, freqs[i])", "pass",
+           ["tests/test_bpe_reference.py"], "the fast trainer forgets the pairs a merge creates"),
+    mutant("bpe-plain-tie-takes-largest-pair", "captioner/text/bpe.py",
+           "pair = min(p for p, c in pair_counts.items() if c == best)",
+           "pair = max(p for p, c in pair_counts.items() if c == best)",
            ["tests/test_bpe_reference.py"]),
     # ---- 6. a stale docstring example (the one tests/test_doctests.py found)
     mutant("doctest-stale-example", "captioner/data/shapes_scene.py",
@@ -165,6 +172,15 @@ MUTANTS = [
     mutant("length-penalty-n-alpha", "transformer_components/generation.py",
            "return ((5.0 + length) / 6.0) ** alpha", "return length ** alpha",
            ["tests/test_generation.py", "tests/test_notebook.py"]),
+    # ---- a config's base: sections merge key by key
+    mutant("config-base-section-replaced", "captioner/config.py",
+           "value = merge_configs(merged[key], value)", "pass",
+           ["tests/test_config.py"], "a preset's section would drop every base key it does not repeat"),
+    # ---- the plain beam search: a finished hypothesis normalised at the wrong length
+    mutant("plain-beam-pool-normalised-at-max-len", "transformer_components/generation.py",
+           "pool += [(seq, score / length_penalty(t, alpha))",
+           "pool += [(seq, score / length_penalty(max_len, alpha))",
+           ["tests/test_generation.py", "-k", "plain or crowd"]),
     # ---- the truth score's whole-scene lists: stacked objects either way, side by side in order
     mutant("truth-list-by-centre-only", "captioner/evaluation/truth.py",
            "order = max(left_to_right_orders(scene.objects), key=lambda order: _matches(items, order))",

@@ -286,7 +286,7 @@ def independent_ranking(checkpoint, image_path):
     """The bank's captions ranked for an image, computed here from the model's two towers directly."""
     retriever = CaptionRetriever.from_checkpoint(checkpoint, torch.device("cpu"), "fp32", show=False)
     model, tokenizer_captions = retriever.model, sorted({c for captions in BANK for c in captions})
-    from captioner.models.captioner import tokenizer_from_text
+    from captioner.training.checkpoints import tokenizer_from_text
     from captioner.training.checkpoints import load_checkpoint
 
     tokenizer = tokenizer_from_text(load_checkpoint(checkpoint)["tokenizer"])

@@ -12,10 +12,9 @@ import process_coco
 import train_captioner
 from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ConfigError, ViTConfig
 from captioner.evaluation.own_images import ImageCaptioner
-from captioner.models.captioner import load_captioner
 from captioner.serve.server import caption_json
 from captioner.text.tokenizers import load_tokenizer
-from captioner.training.checkpoints import load_checkpoint, save_checkpoint
+from captioner.training.checkpoints import load_captioner, load_checkpoint, save_checkpoint
 from tiny_checkpoints import save_untrained_captioner
 
 TINY_RESNET = {"image_size": 32, "stem_width": 8, "widths": [8, 16], "blocks": [1, 1]}

@@ -14,16 +14,17 @@ from captioner.config import (
     EncoderRunConfig,
     RetrievalRunConfig,
     load_config,
+    read_yaml,
 )
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 def run_config_class(path: Path):
-    text = path.read_text()
-    if "contrastive:" in text:
+    sections = read_yaml(path)  # with its base, if it names one
+    if "contrastive" in sections:
         return RetrievalRunConfig
-    return EncoderRunConfig if "mae:" in text else CaptionerRunConfig
+    return EncoderRunConfig if "mae" in sections else CaptionerRunConfig
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

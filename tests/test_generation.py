@@ -1,4 +1,4 @@
-"""Greedy decoding, batched beam search, TransformerEncoderDecoder and CaptionDecoder."""
+"""Greedy decoding, batched beam search, EncoderDecoder and CaptionDecoder."""
 
 import math
 from itertools import product
@@ -10,8 +10,9 @@ from torch import nn
 
 from captioner.models.caption_decoder import CaptionDecoder
 from transformer_components import (
-    TransformerEncoderDecoder,
+    EncoderDecoder,
     beam_search,
+    beam_search_plain,
     greedy_search,
     length_penalty,
 )
@@ -89,7 +90,7 @@ def teacher_forced_scores(dec, memory, seqs, alpha):
 
 
 def model(dec):
-    return TransformerEncoderDecoder(nn.Identity(), dec).eval()
+    return EncoderDecoder(nn.Identity(), dec).eval()
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.9])
@@ -216,26 +217,22 @@ def test_markov_search_is_exhaustive_when_the_beam_holds_every_sequence(use_cach
     assert checked == 9 * 4 * 3 and len(best_lengths) > 1
 
 
-def reference_beam_search(dec, memory, K, alpha, max_len):
-    """The same search for one source (memory (S, C)) in plain Python, without early stopping:
-    the best 2K continuations; those ending in <eos> join the pool; the best K others live on;
-    at max_len the pool and the live beams are ranked together. Returns the best K [(seq, score)].
-    """
-    live, pool = [((), 0.0)], []
-    for t in range(1, max_len + 1):
-        prefixes = torch.tensor([(SOS,) + seq for seq, _ in live])  # (k, t)
-        logp = F.log_softmax(dec(prefixes, memory.expand(len(live), -1, -1))[:, -1], dim=-1)  # (k, V)
-        steps = [(seq + (tok,), s + logp[i, tok].item()) for i, (seq, s) in enumerate(live) for tok in [EOS, *CONTENT]]
-        candidates = sorted(steps, key=lambda c: -c[1])[: 2 * K]
-        pool += [(seq, s / gnmt_lp(t, alpha)) for seq, s in candidates if seq[-1] == EOS]
-        live = [(seq, s) for seq, s in candidates if seq[-1] != EOS][:K]
-    ranked = pool + [(seq, s / gnmt_lp(max_len, alpha)) for seq, s in live]
-    return sorted(ranked, key=lambda c: -c[1])[:K]
+def test_plain_search_is_exhaustive_when_the_beam_holds_every_sequence():
+    tables = markov_tables(2, seed=3)
+    for max_len, alpha in product([1, 2, 3], [0.0, 0.6, 2.0]):
+        for b in range(2):
+            expected = brute_force(tables[b], max_len, alpha)
+            hyps = beam_search_plain(MarkovDecoder(), tables[b], SOS, EOS, PAD, max_len, 50, alpha)
+            assert sorted(tuple(seq) for seq, _ in hyps) == sorted(expected)  # every sequence, once
+            for seq, score in hyps:
+                assert score == pytest.approx(expected[tuple(seq)], abs=1e-12)
+            assert [score for _, score in hyps] == sorted(expected.values(), reverse=True)
 
 
-def test_search_equals_a_plain_reference_without_early_stopping():
-    """K below the number of sequences: the batched search, which stops a source once no live
-    beam can beat its pool, returns what the plain search that runs to max_len returns.
+def test_batched_search_equals_the_plain_one():
+    """K below the number of sequences: the batched search with its cache, which stops a source
+    once no live beam can beat its pool, returns what beam_search_plain, which runs each source
+    alone to max_len, returns.
     (A real decoder, not the Markov one, whose permuted sequences tie.)"""
     stopped_early, steps = 0, []
     for dec in [tiny_decoder(), late_eos_decoder()]:
@@ -244,7 +241,8 @@ def test_search_equals_a_plain_reference_without_early_stopping():
         for max_len, K, alpha in product([4, 7], [2, 3, 5], [0.0, 0.6, 1.5]):
             tokens, scores = beam_search(dec, mem, SOS, EOS, PAD, max_len, K, alpha)
             for b in range(4):
-                expected = reference_beam_search(dec, mem[b], K, alpha, max_len)
+                expected = [(tuple(seq), score) for seq, score in beam_search_plain(
+                    dec, mem[b], SOS, EOS, PAD, max_len, K, alpha)]
                 hyps = found(tokens[b], scores[b])
                 assert [seq for seq, _ in hyps] == [seq for seq, _ in expected]
                 assert [s for _, s in hyps] == pytest.approx([s for _, s in expected], abs=1e-10)
@@ -275,6 +273,8 @@ def test_early_eos_beams_no_longer_crowd_out_a_better_longer_caption():
     tokens, scores = beam_search(MarkovDecoder(), table, SOS, EOS, PAD, 5, beam_size=3, alpha=0.6)
     hyps = found(tokens[0], scores[0])
     assert [seq for seq, _ in hyps] == [(C_, D_, E_, EOS), (EOS,), (E_, EOS)]
+    plain = beam_search_plain(MarkovDecoder(), table[0], SOS, EOS, PAD, 5, beam_size=3, alpha=0.6)
+    assert [(tuple(seq), score) for seq, score in plain] == pytest.approx(hyps, abs=1e-12)
     expected = [math.log(0.5 * 0.3 * 0.95 * 0.95) / 1.5**0.6, math.log(0.2), math.log(0.17 * 0.95) / (7 / 6) ** 0.6]
     assert [s for _, s in hyps] == pytest.approx(expected, abs=1e-12)
     assert expected == pytest.approx([-1.5679, -1.6094, -1.6622], abs=1e-4)
@@ -421,7 +421,7 @@ def test_forward_with_src_index_shares_each_encoded_source():
     calls = []
     encoder = nn.Linear(C, C).double()
     encoder.register_forward_hook(lambda mod, inp, out: calls.append(out.size(0)))
-    m = TransformerEncoderDecoder(encoder, tiny_decoder())
+    m = EncoderDecoder(encoder, tiny_decoder())
     src = memories(2)
     tokens = torch.randint(3, V, (5, 4))
     src_index = torch.tensor([0, 0, 1, 1, 1])

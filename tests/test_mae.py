@@ -23,7 +23,6 @@ from captioner.evaluation.pictures import (
     save_png,
     to_uint8,
 )
-from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.mae import (
     ImageDecoder,
     MaskedAutoencoder,
@@ -33,6 +32,7 @@ from captioner.models.mae import (
 from captioner.models.vit import ImageEncoder, PatchEmbedding, patchify, unpatchify
 from captioner.training.checkpoints import (
     CheckpointError,
+    encoder_from_mae_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )

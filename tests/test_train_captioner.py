@@ -23,19 +23,10 @@ from captioner.data.loaders import image_captions_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.captioning import caption_images
 from captioner.models.caption_decoder import CaptionDecoder
-from captioner.models.captioner import (
-    build_captioner,
-    caption_loss,
-    load_captioner,
-    teacher_forcing_loss,
-)
+from captioner.models.captioner import build_captioner, caption_loss, teacher_forcing_loss
 from captioner.models.mae import MaskedAutoencoder
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
-from captioner.training.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    save_checkpoint,
-)
+from captioner.training.checkpoints import CheckpointError, load_captioner, load_checkpoint, save_checkpoint
 
 VIT = ViTConfig(image_size=32, patch_size=8, width=16, depth=2, heads=2)
 

@@ -14,10 +14,10 @@ import train_encoder
 from captioner.data.coco_annotations import SplitData
 from captioner.data.processed import FORMAT_VERSION, write_split_json
 from captioner.infra.fileio import write_json
-from captioner.models.captioner import encoder_from_mae_checkpoint
 from captioner.models.mae import MaskedAutoencoder
 from captioner.training.checkpoints import (
     CheckpointError,
+    encoder_from_mae_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )

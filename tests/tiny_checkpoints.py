@@ -23,12 +23,12 @@ from captioner.config import (
     config_to_dict,
 )
 from captioner.data.processed import FORMAT_VERSION
-from captioner.models.captioner import KIND, captioner_for_config, checkpoint_extras
+from captioner.models.captioner import KIND, captioner_for_config
 from captioner.models.dual_encoder import KIND as RETRIEVAL_KIND
 from captioner.models.dual_encoder import DualEncoder
 from captioner.models.resnet import ResNetEncoder
 from captioner.models.vit import position_table
-from captioner.training.checkpoints import save_checkpoint
+from captioner.training.checkpoints import checkpoint_extras, save_checkpoint
 
 
 def save_untrained_captioner(path: Path, vit: ViTConfig, decoder: CaptionDecoderConfig, cfg: CaptionerRunConfig,

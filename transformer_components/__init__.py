@@ -2,8 +2,8 @@
 encodings, and greedy / beam-search generation. Knows nothing about images or captions."""
 
 from .attention import AttentionCache, KVCache, MultiHeadAttention, attention_mask
-from .encoder_decoder import TransformerEncoderDecoder
-from .generation import beam_search, greedy_search, length_penalty
+from .encoder_decoder import EncoderDecoder
+from .generation import beam_search, beam_search_plain, greedy_search, length_penalty
 from .layers import (
     DecoderLayer,
     EncoderLayer,
@@ -22,9 +22,10 @@ __all__ = [
     "MultiHeadAttention",
     "TransformerDecoder",
     "TransformerEncoder",
-    "TransformerEncoderDecoder",
+    "EncoderDecoder",
     "attention_mask",
     "beam_search",
+    "beam_search_plain",
     "greedy_search",
     "length_penalty",
     "sincos_2d_position_encoding",

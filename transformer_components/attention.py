@@ -197,9 +197,8 @@ class MultiHeadAttention(nn.Module):
         Tk = k.size(2)
         p_drop = self.dropout if self.training else 0.0
         weights = None
-        # PyTorch's fused CPU kernel is many times slower to backpropagate in bf16 than in fp32 (38 ms
-        # a call against 1.3 ms in profiles of the shapes captioner): bf16 on a CPU takes the manual
-        # path, whose matmuls are fast in bf16
+        # bf16 on a CPU takes the manual path: PyTorch's fused CPU kernel backpropagates slowly in bf16,
+        # while the manual path's matmuls run on the matrix units (docs/benchmarks.md#precision-on-a-cpu-bf16-and-fused-adamw)
         cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
         if self.fused and not need_weights and not cpu_bf16:
             if causal and Tq == Tk and key_padding_mask is None:

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from .generation import beam_search, greedy_search
 
 
-class TransformerEncoderDecoder(nn.Module):
+class EncoderDecoder(nn.Module):
     """encoder(src) -> memory (B, S, C); decoder(tokens, memory, ...) -> logits (B, T, V).
 
     The encoder may be any module (for images src is (B, 3, H, W)). The decoder follows the

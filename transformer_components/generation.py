@@ -4,7 +4,8 @@
     decoder.new_cache() -> KVCache
 
 With a cache the decoder is fed only the newest token each step; without one it recomputes the
-whole prefix (and the memory's cross-attention keys/values) every step.
+whole prefix (and the memory's cross-attention keys/values) every step. `beam_search_plain` is the
+search written for one source without any of that; `beam_search` is the fast, batched one.
 
 Scoring. A sequence's score is its total log-probability log p(y_1..y_n | memory), where the
 sequence ends with <eos> or is cut at max_len; n counts the generated tokens *including* <eos>
@@ -94,6 +95,45 @@ def greedy_search(
 
 
 @torch.no_grad()
+def beam_search_plain(
+    decoder: nn.Module,
+    memory: Tensor,
+    sos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int,
+    beam_size: int,
+    alpha: float = 0.0,
+) -> list[tuple[list[int], float]]:
+    """Beam search for one source, written plainly: no cache, no batch, no early stop.
+
+    memory (S, Cm) -> the best `beam_size` hypotheses [(tokens without <sos>, score)], best first.
+    At step t every live beam is fed again from <sos> and extended by every token; the best 2K
+    continuations by total log-probability are the candidates. Those ending in <eos> join the
+    pool with the score logp / lp(t); the best K others live on. At max_len the pool and the live
+    beams (cut, n = max_len) are ranked together by normalised score. Needs beam_size >= 2
+    (`beam_search` with K = 1 is greedy decoding). `beam_search` returns the same hypotheses.
+    """
+    forbidden = _forbidden(sos_id, eos_id, pad_id)
+    live: list[tuple[list[int], float]] = [([], 0.0)]  # (tokens, total log-probability)
+    pool: list[tuple[list[int], float]] = []  # (tokens ending in <eos>, normalised score)
+    for t in range(1, max_len + 1):
+        prefixes = torch.tensor([[sos_id, *seq] for seq, _ in live], device=memory.device)  # (k, t)
+        logp = _next_log_probs(decoder, prefixes, memory.expand(len(live), -1, -1), None, None, forbidden)
+        continuations = [
+            (seq + [token], score + logp[i, token].item())
+            for i, (seq, score) in enumerate(live)
+            for token in range(logp.size(-1))
+            if token not in forbidden
+        ]
+        candidates = sorted(continuations, key=lambda c: -c[1])[: 2 * beam_size]
+        pool += [(seq, score / length_penalty(t, alpha)) for seq, score in candidates if seq[-1] == eos_id]
+        live = [(seq, score) for seq, score in candidates if seq[-1] != eos_id][:beam_size]
+    ranked = pool + [(seq, score / length_penalty(max_len, alpha)) for seq, score in live]
+    return sorted(ranked, key=lambda c: -c[1])[:beam_size]
+
+
+@torch.no_grad()
 def beam_search(
     decoder: nn.Module,
     memory: Tensor,
@@ -108,6 +148,10 @@ def beam_search(
 ) -> tuple[Tensor, Tensor]:
     """Batched beam search: K = beam_size live beams and a pool of K finished hypotheses for
     each of B sources, all sources in one batch (as in GNMT, fairseq and Hugging Face).
+
+    It returns `beam_search_plain`'s hypotheses (read that one first) and changes three things:
+    all B sources are searched at once as (B*K, ...) tensors, the decoder is fed only the newest
+    token over a KV cache, and a source stops as soon as nothing left can enter its pool.
 
     The live beams of source b are rows b*K .. b*K+K-1 of every (B*K, ...) tensor. At step t
     (the t-th generated token):

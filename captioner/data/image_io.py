@@ -1,4 +1,4 @@
-"""Reading images robustly, and writing files atomically.
+"""Reading images robustly: every odd file becomes plain 8-bit RGB or a clear error; then the cache's resize.
 
 Real image collections hold odd files: grayscale, CMYK or 16-bit images, transparent PNGs, photos
 whose camera stored the orientation in EXIF instead of rotating the pixels, truncated downloads,

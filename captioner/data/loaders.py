@@ -101,8 +101,8 @@ def group_by_length(order: np.ndarray, lengths: np.ndarray, block: int, rng: np.
 
     Each window of ``window_blocks`` blocks of the (already shuffled) order is sorted by length and cut
     into blocks; the full blocks are then shuffled, and a last, partial block stays last. A padded batch
-    costs its longest item times its size: on the shapes captions, grouped by image, batches of 20 images
-    are 57 % real tokens in a random order and 74 % in this one. The window keeps the epoch random: which
+    costs its longest item times its size, so alike lengths waste less (the shapes figures:
+    docs/benchmarks.md#training-steps). The window keeps the epoch random: which
     items share a block changes from epoch to epoch.
 
     Example: lengths [1, 9, 2, 8], order [0, 1, 2, 3], block 2 -> blocks [0, 2] and [3, 1], in either order.

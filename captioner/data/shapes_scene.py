@@ -52,8 +52,7 @@ COLOURS = {
 
 # Radius as a fraction of the image side. The gap between the classes keeps "small" and "large"
 # visibly different even after the per-object jitter. At 64 px a small shape is 13-16 px wide, about
-# two 8-px ViT patches: format 1 drew every shape 1.4x smaller (9-12 px), and the quickstart's ViT then
-# learned colours but hardly any shapes (README, "Results on the shapes dataset").
+# two 8-px ViT patches: a ViT learns colours from far smaller shapes, but hardly their outlines.
 SIZES = {"small": (0.098, 0.126), "large": (0.182, 0.224)}
 
 

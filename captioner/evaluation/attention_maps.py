@@ -18,11 +18,11 @@ import torch
 from torch import Tensor
 
 from captioner.text.tokenizers import EOS_ID, SOS_ID
-from transformer_components import TransformerEncoderDecoder
+from transformer_components import EncoderDecoder
 
 
 @torch.no_grad()
-def cross_attention_maps(model: TransformerEncoderDecoder, images: Tensor, tokens: Tensor) -> Tensor:
+def cross_attention_maps(model: EncoderDecoder, images: Tensor, tokens: Tensor) -> Tensor:
     """Last decoder layer's cross-attention, heads averaged, for every generated token.
 
     images (B, 3, H, W) normalised; tokens (B, L) generated ids without ``<sos>`` (what
@@ -60,7 +60,7 @@ def token_words(token_ids: list[int], tokenizer) -> list[tuple[str, list[int]]]:
     return [(word, where) for word, where in zip(words, positions) if where]
 
 
-def word_attention(model: TransformerEncoderDecoder, images: Tensor, tokens: Tensor,
+def word_attention(model: EncoderDecoder, images: Tensor, tokens: Tensor,
                    tokenizer) -> list[tuple[list[str], Tensor]]:
     """Per image: its caption's words and one attention map per word, ``(words, (n_words, gh, gw))``.
 

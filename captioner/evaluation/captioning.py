@@ -12,11 +12,11 @@ from tqdm import tqdm
 
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
 from captioner.training.devices import autocast
-from transformer_components import TransformerEncoderDecoder
+from transformer_components import EncoderDecoder
 
 
 @torch.no_grad()
-def caption_images(model: TransformerEncoderDecoder, loader, tokenizer, transform, device: torch.device,
+def caption_images(model: EncoderDecoder, loader, tokenizer, transform, device: torch.device,
                    precision: str, beam_size: int, alpha: float, max_len: int, limit: int | None = None,
                    progress: bool = True) -> dict[int, str]:
     """Caption the images of an ``"image_captions"`` loader: ``{image_id: caption}``.

@@ -39,8 +39,8 @@ from captioner.data.image_cache import load_resize_and_kept
 from captioner.data.image_io import BadImageError
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.attention_maps import word_attention
-from captioner.models.captioner import load_captioner
 from captioner.text.tokenizers import EOS_ID, PAD_ID, SOS_ID
+from captioner.training.checkpoints import load_captioner
 from captioner.training.devices import autocast, resolve_precision
 from transformer_components import beam_search
 

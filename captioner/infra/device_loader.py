@@ -35,8 +35,7 @@ class DeviceImageLoader:
     """Image batches gathered from a copy of the whole uint8 cache in the training device's memory.
 
     The DataLoader path reads each batch from the memmap in worker processes, pins it and copies it
-    to the GPU: host work that a fast GPU step can outrun (on an H200 it delivered 11,527 images/s,
-    while the COCO MAE preset at 30 % MFU would consume about 26,600). When the cache fits in device
+    to the GPU: host work that a fast GPU step can outrun (docs/benchmarks.md#on-a-gpu). When the cache fits in device
     memory (COCO train + unlabeled at 256 px: 241,000 x 256 x 256 x 3 bytes = 47 GB), it is copied
     there once, and a batch is then one ``index_select`` on the device. Batches are those of the DataLoader (same ``batch_sampler``,
     same ``(B, 3, S, S)`` channels-last uint8 views), so training is the same either way; each

@@ -133,7 +133,7 @@ class MaskedAutoencoder(nn.Module):
     with 1 = masked. ``noise`` (B, L) fixes which patches are masked (see :func:`random_masking`).
 
     The checkpoint's ``encoder.*`` weights are a plain :class:`ImageEncoder` (see
-    :func:`encoder_from_mae_checkpoint`).
+    :func:`~captioner.training.checkpoints.encoder_from_mae_checkpoint`).
     """
 
     def __init__(self, vit: ViTConfig, mae: MAEConfig):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.config import MAEConfig, ResNetConfig, ViTConfig
-from captioner.models.captioner import encoder_from_mae_checkpoint
+from captioner.training.checkpoints import encoder_from_mae_checkpoint
 from captioner.models.mae import MaskedAutoencoder
 from captioner.models.resnet import ResNetEncoder
 from captioner.models.vit import ImageEncoder, position_table

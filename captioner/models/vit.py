@@ -73,7 +73,7 @@ class PatchEmbedding(nn.Module):
     the number of tokens and the transformer are unchanged; only this layer grows. Why it helps: a
     shape drawn across patch borders (a corner here, an edge there) is seen whole by the tokens near
     it instead of in disjoint pieces that attention must first reassemble. On the shapes data this was
-    the cheapest way found to make the captioner name shapes (docs/results.md).
+    the cheapest way found to make the captioner name shapes (docs/results.md#how-the-presets-were-chosen).
     MAE must not let a visible token see a hidden patch's pixels, or reconstructing them becomes
     copying: it blanks the masked patches before this layer (``MaskedAutoencoder.forward_encoder``).
     """
@@ -96,8 +96,8 @@ class PatchEmbedding(nn.Module):
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images, got {tuple(images.shape[-2:])}")
         if images.device.type == "cpu" and _cpu_autocast_enabled():
-            # bf16 on a CPU: PyTorch's bf16 convolution of this shape backpropagates several times
-            # slower than its fp32 one (24 ms a call against 5 ms in profiles of the MAE step)
+            # bf16 on a CPU: PyTorch's bf16 convolution of this shape backpropagates slower than its
+            # fp32 one (docs/benchmarks.md#precision-on-a-cpu-bf16-and-fused-adamw)
             with torch.autocast("cpu", enabled=False):
                 x = self.proj(images.float())  # (B, C, h, w) fp32
         else:

@@ -5,6 +5,13 @@ the resolved config, RNG states, history), loadable with ``torch.load(..., weigh
 It is written at the end of an epoch; the data order of epoch ``e`` is a function of ``(seed, e)``
 and the learning rate a function of the step, so a resumed run repeats exactly what an
 uninterrupted run would have done.
+
+The second half reads what the model checkpoints hold. A captioner checkpoint is self-contained:
+besides the training state (with the run config, which names the encoder and decoder kinds and the
+decoder's settings) it stores the encoder architecture (``"vit"`` or ``"resnet"``), the vocabulary
+size, the decoder's ``max_len`` and the tokenizer file's text (`checkpoint_extras`), so
+`load_captioner` rebuilds model and tokenizer from the checkpoint alone. A pretrained encoder comes
+from an MAE checkpoint (`encoder_from_mae_checkpoint`), whose own stored config gives the architecture.
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from captioner.config import CaptionerRunConfig, ConfigError, ResNetConfig, ViTConfig, config_from_dict, config_to_dict
 from captioner.infra.fileio import atomic_write_bytes
+from captioner.models.captioner import ENCODERS, KIND, captioner_for_config
+from captioner.models.vit import ImageEncoder
+from captioner.text.tokenizers import parse_tokenizer
+from transformer_components import EncoderDecoder
 
 if TYPE_CHECKING:
     from captioner.training.distributed import DistInfo
@@ -168,3 +180,88 @@ def resume_from(payload: dict | None, model: nn.Module, optimizer: torch.optim.O
     if dist.is_main:
         print(f"resuming {source} after epoch {payload['epoch']} (step {payload['step']})")
     return payload["epoch"], payload["step"], list(payload["history"])
+
+
+# ---- the captioner's and the MAE encoder's checkpoints
+
+
+def checkpoint_extras(encoder_config: ViTConfig | ResNetConfig, vocab_size: int, max_len: int, tokenizer_text: str,
+                      pretrained: str | None) -> dict:
+    """What a captioner checkpoint stores besides the training state (see the module docstring): the
+    encoder architecture under its kind (``"vit"`` or ``"resnet"``); ``pretrained`` is the MAE
+    checkpoint the run started from (None: from scratch)."""
+    return {ENCODERS[type(encoder_config)][0]: config_to_dict(encoder_config), "vocab_size": vocab_size,
+            "max_len": max_len, "tokenizer": tokenizer_text, "pretrained": pretrained}
+
+
+def captioner_from_payload(payload: dict, source: str | Path, cfg: CaptionerRunConfig | None = None,
+                           max_len: int = 0) -> EncoderDecoder:
+    """The captioner described by a checkpoint payload, with its weights (on the CPU).
+
+    ``cfg`` replaces the stored run config's decoder settings (a resumed run's ``--set`` overrides);
+    weights that then do not fit raise CheckpointError. ``max_len`` raises the decoder's position
+    limit above the stored one (its position encoding is computed, not learned, so any length works).
+    Checkpoints written before ResNets and LSTMs existed hold ``"vit"`` and a transformer decoder.
+    """
+    try:
+        if "resnet" in payload:
+            encoder_config = config_from_dict(ResNetConfig, payload["resnet"], source=f"{source} (resnet)")
+        else:
+            encoder_config = config_from_dict(ViTConfig, payload["vit"], source=f"{source} (vit)")
+        if cfg is None:
+            cfg = config_from_dict(CaptionerRunConfig, payload["config"], source=f"{source} (config)")
+        stored_kind = ENCODERS[type(encoder_config)][0]
+        if cfg.encoder_kind != stored_kind:
+            raise ConfigError(f"encoder_kind is {cfg.encoder_kind!r}, but the checkpoint holds a {stored_kind!r} encoder")
+        model = captioner_for_config(cfg, encoder_config, payload["vocab_size"], max(payload["max_len"], max_len))
+    except KeyError as e:
+        raise CheckpointError(f"{source}: the captioner checkpoint lacks its {e.args[0]!r} entry") from None
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{source}: the stored architecture is invalid: {e}") from None
+    load_state_dict_checked(model, payload["model"], source)
+    return model
+
+
+def tokenizer_from_text(text: str, source: str | Path = "checkpoint"):
+    """A tokenizer from the text of its file (as stored in a captioner checkpoint)."""
+    try:
+        return parse_tokenizer(text, source)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: the stored tokenizer is unreadable: {e}") from None
+
+
+def load_captioner(checkpoint_path: str | Path, device: torch.device | str = "cpu", max_len: int = 0):
+    """``(model in eval mode on device, tokenizer, payload)`` from a captioner checkpoint alone.
+
+    ``max_len``: decode up to this many positions even if training used fewer.
+    Raises CheckpointError naming the file for a missing, corrupt or non-captioner checkpoint.
+    """
+    payload = load_checkpoint(checkpoint_path, kind=KIND)
+    model = captioner_from_payload(payload, checkpoint_path, max_len=max_len).to(device).eval()
+    return model, tokenizer_from_text(payload.get("tokenizer", ""), checkpoint_path), payload
+
+
+def encoder_from_mae_checkpoint(payload: dict, source: str | Path = "checkpoint") -> ImageEncoder:
+    """The pretrained :class:`ImageEncoder` in an MAE checkpoint payload (from ``load_checkpoint``).
+
+    The architecture comes from the checkpoint's own config (``config["model"]``), never from a
+    second YAML file, and the weights from the ``encoder.`` entries of ``payload["model"]``.
+    Raises CheckpointError naming ``source`` when the payload is not an MAE checkpoint or its
+    weights do not fit the architecture it describes.
+    """
+    if payload.get("kind") != "mae":
+        raise CheckpointError(f"{source}: this is a {payload.get('kind')!r} checkpoint, not an MAE ('mae') checkpoint")
+    config, state = payload.get("config"), payload.get("model")
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(state, dict):
+        raise CheckpointError(f"{source}: the checkpoint lacks its 'config' (with a 'model' section) or 'model' weights")
+    try:
+        vit = config_from_dict(ViTConfig, config["model"], source=f"{source} (config.model)")
+        encoder = ImageEncoder(vit)
+    except (ConfigError, ValueError) as e:
+        raise CheckpointError(f"{source}: the stored ViT architecture is invalid: {e}") from None
+    prefix = "encoder."
+    encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not encoder_state:
+        raise CheckpointError(f"{source}: the checkpoint holds no 'encoder.' weights")
+    load_state_dict_checked(encoder, encoder_state, source)
+    return encoder

@@ -13,7 +13,7 @@ where CE(logits, diag) is the mean over rows of -log softmax(row)[i], the log-pr
 row i picks its own partner. The first term ranks captions for each image, the second images for
 each caption; the loss is symmetric in the two towers.
 
-**Cosine embedding loss** (the seed's). Pairs are labelled +1 (matching) or -1 (not matching) and
+**Cosine embedding loss** (the original project's). Pairs are labelled +1 (matching) or -1 (not matching) and
 scored independently, with no softmax across the batch::
 
     +1:  1 - cos(u, v)              pull the pair together
@@ -70,7 +70,7 @@ def sampled_negatives(batch_size: int, generator: torch.Generator) -> Tensor:
 
 
 def pairwise_cosine_loss(images: Tensor, texts: Tensor, margin: float, generator: torch.Generator) -> Tensor:
-    """The seed's loss on a batch of B matching pairs: B positives (+1) and B sampled negatives (-1)."""
+    """The original project's loss on a batch of B matching pairs: B positives (+1) and B sampled negatives (-1)."""
     B = images.shape[0]
     negative = sampled_negatives(B, generator).to(texts.device)  # (B,) a caption of another row
     u = torch.cat([images, images])  # (2B, E)

@@ -8,11 +8,8 @@ bf16 matrices in hardware (Intel AMX), and fp32 elsewhere; inference on a CPU st
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
-
-from captioner.config import TrainConfig
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,9 +25,8 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_has_bf16_matrix_units() -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (Intel AMX tiles, Sapphire Rapids and
-    later): PyTorch's bf16 matmuls of the shapes presets' sizes then ran 2-9x faster than fp32 ones
-    (one thread, on the project's machine, beside another job). Without AMX, bf16 on a CPU is emulated or merely
-    vectorised, and no faster."""
+    later), where bf16 matmuls beat fp32 ones; without AMX, bf16 on a CPU is emulated or merely
+    vectorised, and no faster (docs/benchmarks.md#precision-on-a-cpu-bf16-and-fused-adamw)."""
     probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # PyTorch >= 2.3; private, hence the guard
     try:
         return bool(probe()) if probe is not None else False
@@ -42,9 +38,9 @@ def resolve_precision(precision: str, device: torch.device, training: bool = Fal
     """Map ``auto|bf16|fp16|fp32`` to what will run.
 
     ``auto``: on CUDA bf16 where supported, else fp16. On a CPU, fp32, except for ``training`` on a CPU
-    with AMX (:func:`cpu_has_bf16_matrix_units`), where bf16 autocast makes a shapes training step
-    1.2-1.3x faster with 2 threads (docs/benchmarks.md). Inference on a CPU stays fp32: it takes seconds, and its
-    scores then do not depend on the CPU.
+    with AMX (:func:`cpu_has_bf16_matrix_units`), where bf16 autocast makes a training step faster
+    (docs/benchmarks.md#precision-on-a-cpu-bf16-and-fused-adamw). Inference on a CPU stays fp32: it takes seconds, and its scores then do not
+    depend on the CPU.
     """
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ValueError(f"unknown precision {precision!r}: use auto, bf16, fp16 or fp32")
@@ -72,20 +68,12 @@ def make_grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScal
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
 
-def setup_device(device_name: str, train: TrainConfig, run_dir: str | Path,
-                 rank: int = 0) -> tuple[torch.device, str, Path]:
-    """``(device, resolved precision, run directory)``; seeds torch with ``train.seed`` first so the
-    model's initialisation is reproducible, and creates the run directory.
-
-    ``rank`` (torchrun) is added to the seed so the processes draw different dropout masks; rank 0
-    seeds like a single process, and DDP copies rank 0's initial weights to the others.
-    """
+def setup_device(device_name: str, precision: str) -> tuple[torch.device, str]:
+    """``(device, resolved training precision)`` for a training script; on CUDA it also lets fp32
+    matmuls use TF32 tensor cores."""
     device = resolve_device(device_name)
-    precision = resolve_precision(train.precision, device, training=True)
+    precision = resolve_precision(precision, device, training=True)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls on tensor cores when fp32 is asked for
         torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(train.seed + rank)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return device, precision, run_dir
+    return device, precision

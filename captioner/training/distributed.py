@@ -146,7 +146,7 @@ def rng_states_by_rank(info: DistInfo) -> dict:
 
     Every process must call it. The checkpoint's ``"rng"`` entry is rank 0's state, which is what a
     single process resumes with; a run resumed with the same number of processes gives each its own
-    (dropout masks differ between processes, see ``setup_device``), so it continues exactly.
+    (dropout masks differ between processes: each script seeds with ``train.seed + rank``), so it continues exactly.
     """
     if not info.distributed:
         return {}
