@@ -256,10 +256,11 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 
 def checkpoint_kind(path: Path) -> str | None:
-    """The ``kind`` a checkpoint file declares, read without loading its tensors (memory-mapped), or
-    None where it cannot be read (the loader then says what is wrong with it)."""
+    """The ``kind`` a checkpoint file declares, or None where it cannot be read (the loader then says what
+    is wrong with it). Not memory-mapped: with ``mmap=True`` here, ``--serve`` sometimes aborted at exit
+    after Ctrl-C ("terminate called without an active exception")."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("kind")
+        return torch.load(path, map_location="cpu", weights_only=True).get("kind")
     except Exception:
         return None
 

@@ -55,10 +55,11 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def ladder_row(key: str, epochs: int) -> dict:
+def ladder_row(key: str, epochs: int, overrides: list[str] = ()) -> dict:
     label, run_dir, args = ROWS[key]
+    extra = [a for o in overrides for a in ("--set", o)]
     seconds = run([sys.executable, "train_captioner.py", *args, "--set", f"run_dir={run_dir}",
-                   "--set", f"train.epochs={epochs}", "--no-progress"])
+                   "--set", f"train.epochs={epochs}", *extra, "--no-progress"])
     checkpoint = ROOT / run_dir / "checkpoint_best.pt"
     run([sys.executable, "evaluate.py", "-c", str(checkpoint), "--no-progress"])
     scores = json.loads((checkpoint.parent / "eval_checkpoint_best_val" / "captions.scores.json").read_text())
@@ -89,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=4, help="epochs of every row (default 4)")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override passed to every row's train_captioner.py (repeatable)")
     args = parser.parse_args()
     keys = args.rows.split(",")
     unknown = [k for k in keys if k not in ROWS]
@@ -97,7 +100,7 @@ def main() -> None:
     if "mae-vit" in keys and not (ROOT / "runs" / "shapes_encoder").is_dir():
         encoder_seconds = run([sys.executable, "train_encoder.py", "--no-progress"])
         print(f"MAE encoder pretraining (train_encoder.py): {encoder_seconds:.0f} s")
-    rows = [ladder_row(key, args.epochs) for key in keys]
+    rows = [ladder_row(key, args.epochs, args.overrides) for key in keys]
     print(f"\n{platform.machine()} {platform.processor() or ''}, torch threads from OMP_NUM_THREADS, "
           f"{args.epochs} epochs per row")
     print(table(rows))
