@@ -2,13 +2,15 @@
 
 The log holds two kinds of records (see :class:`captioner.training.log.JsonlLogger`):
 
-* step records, every ``log_every`` steps: ``{"epoch", "step", "loss", "lr", "items_per_s"}``;
+* step records, every ``log_every`` steps: ``{"epoch", "step", "loss", "lr", "items_per_s"}``, plus
+  ``"reward"`` and ``"baseline"`` from train_scst.py;
 * epoch records, one per completed epoch: ``{"epoch", "step", "train_loss", "val_loss", ...}``,
   plus ``"bleu4"`` from train_captioner.py.
 
 :func:`draw_curves` puts panels side by side: (1) train_loss and val_loss against epoch, (2) the
 learning rate against step, from the step records, and (3) BLEU-4 against epoch, only when some
-record has ``"bleu4"``. A resumed run appends to the same log, so an epoch or a step may appear more
+record has ``"bleu4"``, and (4) the reward and its baseline against step, only when some record has
+``"reward"``. A resumed run appends to the same log, so an epoch or a step may appear more
 than once: the later record wins. NaN and infinite values are left out.
 """
 
@@ -153,14 +155,18 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, xlabel: str,
 def draw_curves(records: list[dict], title: str = "") -> Image.Image:
     """The panels for ``records`` side by side, each ``PANEL_W`` x ``PANEL_H``, under ``title`` if given.
 
-    Always the loss and learning-rate panels ("no data" when a panel has nothing to show), and a
-    BLEU-4 panel when an epoch record has ``"bleu4"``.
+    Always the loss and learning-rate panels ("no data" when a panel has nothing to show), a
+    BLEU-4 panel when an epoch record has ``"bleu4"``, a reward panel when a record has ``"reward"``.
     """
     train, val = epoch_series(records, "train_loss"), epoch_series(records, "val_loss")
     panels = [("loss per epoch", "epoch", "loss", [("train", *train, BLUE), ("val", *val, ORANGE)]),
               ("learning rate", "step", "lr", [("lr", *series(records, "lr", by="step"), GREEN)])]
     if any("bleu4" in r for r in records):
         panels.append(("BLEU-4 per epoch", "epoch", "BLEU-4", [("bleu4", *epoch_series(records, "bleu4"), PURPLE)]))
+    if any("reward" in r for r in records):  # train_scst.py: the sampled captions' mean reward and the baseline's
+        panels.append(("reward per step", "step", "reward", [("sampled", *series(records, "reward", by="step"), BLUE),
+                                                             ("baseline", *series(records, "baseline", by="step"),
+                                                              ORANGE)]))
     top = TITLE_H if title else 0
     image = Image.new("RGB", (PANEL_W * len(panels), PANEL_H + top), "white")
     draw = ImageDraw.Draw(image)
