@@ -132,7 +132,9 @@ def sample(
     global generator); the same generator state gives the same tokens with and without the cache.
 
     memory (N, S, Cm) -> tokens (N, L) long without <sos>, padded with pad_id after <eos>, L <= max_len;
-    and the total log-probability (N,) of each sequence (its <eos> included, the padding not).
+    and the total log-probability (N,) of each sequence (its <eos> included, the padding not), with the
+    module docstring's log-probabilities: the draw itself renormalises over the tokens other than
+    <sos> and <pad>.
     """
     draw = lambda logp: torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]  # noqa: E731
     return _one_token_at_a_time(decoder, memory, sos_id, eos_id, pad_id, max_len, draw, memory_padding_mask,

@@ -46,7 +46,10 @@ def sequence_log_probs(logits: Tensor, tokens: Tensor, pad_id: int, forbidden: l
     after it. ``forbidden`` tokens (``<sos>``, ``<pad>``) are never sampled, so the distribution that
     drew the caption is the softmax over the others: they are removed here as in the sampler.
     """
-    logits = logits.float().index_fill(-1, torch.tensor(forbidden, device=logits.device), float("-inf"))
+    if logits.element_size() < 4:  # a sum of log-probabilities: at least in float32
+        logits = logits.float()
+    logits = logits.index_fill(-1, torch.tensor(forbidden, dtype=torch.long, device=logits.device),
+                               float("-inf"))
     logp = F.log_softmax(logits, dim=-1).gather(-1, tokens[..., None])[..., 0]  # (N, L)
     return logp.masked_fill(tokens == pad_id, 0.0).sum(dim=1)  # (N,) nothing after <eos>
 
