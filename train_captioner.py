@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- 1. config, device, tokenizer -----------------------------------------------------------
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
+    if resume is not None and "scst_config" in resume:
+        raise CheckpointError(f"{args.checkpoint}: a train_scst.py checkpoint; continue it with train_scst.py -c")
     if cfg.data.on_device:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")

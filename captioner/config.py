@@ -233,6 +233,38 @@ class CaptionerRunConfig:
 
 
 @dataclass
+class RewardConfig:
+    """The weights of self-critical training's rewards (``captioner/training/rewards.py``); 0 leaves one out."""
+
+    cider_d: float = 1.0  # CIDEr-D against the image's references (in [0, 10]), idf from the training references
+    bleu4: float = 0.0  # BLEU-4 of the caption alone
+    truth: float = 0.0  # shapes only: 1 when the caption is true in full of its scene, else 0
+    claims: float = 0.0  # shapes only: the share of the caption's claims that hold
+
+
+@dataclass
+class SCSTConfig:
+    """Self-critical sequence training (``train_scst.py``, ``captioner/training/scst.py``)."""
+
+    samples: int = 5  # K captions sampled per image and step
+    baseline: Literal["greedy", "mean"] = "greedy"  # greedy: the greedy caption's reward (Rennie); mean: the other samples' (Luo)
+    train_encoder: bool = False  # false: the encoder stays frozen, only the decoder learns
+    max_len: int = 24  # generated tokens per sampled (and greedy) caption, <eos> included
+    reward: RewardConfig = field(default_factory=RewardConfig)
+
+
+@dataclass
+class SCSTRunConfig:
+    """Configuration of ``train_scst.py``; the model comes from the ``-p`` captioner checkpoint."""
+
+    run_dir: str = "runs/shapes_scst"
+    data: DataConfig = field(default_factory=DataConfig)  # batch_size counts images per step
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # select_images: validation images scored after each epoch
+    scst: SCSTConfig = field(default_factory=SCSTConfig)
+
+
+@dataclass
 class TextEncoderConfig:
     """The retrieval model's text tower: a bidirectional transformer encoder over caption tokens."""
 

@@ -13,6 +13,7 @@ from captioner.config import (
     ConfigWarning,
     EncoderRunConfig,
     RetrievalRunConfig,
+    SCSTRunConfig,
     load_config,
     read_yaml,
 )
@@ -24,6 +25,8 @@ def run_config_class(path: Path):
     sections = read_yaml(path)  # with its base, if it names one
     if "contrastive" in sections:
         return RetrievalRunConfig
+    if "scst" in sections:
+        return SCSTRunConfig
     return EncoderRunConfig if "mae" in sections else CaptionerRunConfig
 
 

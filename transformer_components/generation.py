@@ -1,4 +1,4 @@
-"""Greedy decoding and batched beam search for any decoder that follows this protocol:
+"""Greedy decoding, sampling and batched beam search for any decoder that follows this protocol:
 
     decoder(tokens (N, T), memory (N, S, Cm), memory_padding_mask=None, cache=None) -> logits (N, T, V)
     decoder.new_cache() -> KVCache
@@ -56,6 +56,40 @@ def _forbidden(sos_id: int, eos_id: int, pad_id: int) -> list[int]:
     return sorted({sos_id, pad_id} - {eos_id})
 
 
+def _one_token_at_a_time(
+    decoder: nn.Module,
+    memory: Tensor,
+    sos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int,
+    pick,
+    memory_padding_mask: Tensor | None,
+    use_cache: bool,
+) -> tuple[Tensor, Tensor]:
+    """The loop of greedy decoding and sampling: ``pick(logp (N, V)) -> (N,)`` chooses each row's next
+    token. Returns tokens (N, L) without <sos>, pad_id after <eos>, and their total log-probability (N,).
+    A finished row still gets a pick, which is then replaced by padding (so a sampler draws the same
+    numbers whether or not the cache is used)."""
+    N = memory.size(0)
+    forbidden = _forbidden(sos_id, eos_id, pad_id)
+    cache = decoder.new_cache() if use_cache else None
+    tokens = torch.full((N, 1), sos_id, dtype=torch.long, device=memory.device)  # (N, 1)
+    finished = torch.zeros(N, dtype=torch.bool, device=memory.device)  # (N,)
+    logp_total = None
+    for _ in range(max_len):
+        logp = _next_log_probs(decoder, tokens, memory, memory_padding_mask, cache, forbidden)  # (N, V)
+        chosen = pick(logp)  # (N,)
+        chosen_logp = logp.gather(1, chosen[:, None])[:, 0].masked_fill(finished, 0.0)  # (N,)
+        chosen = chosen.masked_fill(finished, pad_id)  # finished rows only get padding
+        logp_total = chosen_logp if logp_total is None else logp_total + chosen_logp
+        tokens = torch.cat([tokens, chosen[:, None]], dim=1)  # (N, t + 1)
+        finished = finished | (chosen == eos_id)
+        if finished.all():
+            break
+    return tokens[:, 1:], logp_total
+
+
 @torch.no_grad()
 def greedy_search(
     decoder: nn.Module,
@@ -73,25 +107,39 @@ def greedy_search(
     memory (B, S, Cm) -> tokens (B, L) long without <sos>, padded with pad_id after <eos>,
     L <= max_len; and scores (B,) as described in the module docstring.
     """
-    B = memory.size(0)
-    forbidden = _forbidden(sos_id, eos_id, pad_id)
-    cache = decoder.new_cache() if use_cache else None
-    tokens = torch.full((B, 1), sos_id, dtype=torch.long, device=memory.device)  # (B, 1)
-    finished = torch.zeros(B, dtype=torch.bool, device=memory.device)  # (B,)
-    logp_total = None
-    for _ in range(max_len):
-        logp = _next_log_probs(decoder, tokens, memory, memory_padding_mask, cache, forbidden)  # (B, V)
-        best_logp, best = logp.max(dim=-1)  # (B,), (B,)
-        best = best.masked_fill(finished, pad_id)  # finished rows only get padding
-        best_logp = best_logp.masked_fill(finished, 0.0)
-        logp_total = best_logp if logp_total is None else logp_total + best_logp
-        tokens = torch.cat([tokens, best[:, None]], dim=1)  # (B, t + 1)
-        finished = finished | (best == eos_id)
-        if finished.all():
-            break
-    generated = tokens[:, 1:]  # (B, L)
+    generated, logp_total = _one_token_at_a_time(decoder, memory, sos_id, eos_id, pad_id, max_len,
+                                                 lambda logp: logp.argmax(dim=-1), memory_padding_mask, use_cache)
     lengths = sequence_lengths(generated, eos_id).to(logp_total.dtype)  # (B,)
     return generated, logp_total / length_penalty(lengths, alpha)
+
+
+@torch.no_grad()
+def sample(
+    decoder: nn.Module,
+    memory: Tensor,
+    sos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int,
+    generator: torch.Generator | None = None,
+    memory_padding_mask: Tensor | None = None,
+    use_cache: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Draw every next token from the model's distribution (multinomial), for all N sources at once.
+
+    Greedy decoding with ``torch.multinomial`` in place of the argmax: self-critical training (SCST)
+    samples captions this way and scores them. For K samples per image, repeat each image's memory K
+    times (``memory.repeat_interleave(K, dim=0)``). The draws come from ``generator`` (None: PyTorch's
+    global generator); the same generator state gives the same tokens with and without the cache.
+
+    memory (N, S, Cm) -> tokens (N, L) long without <sos>, padded with pad_id after <eos>, L <= max_len;
+    and the total log-probability (N,) of each sequence (its <eos> included, the padding not), with the
+    module docstring's log-probabilities: the draw itself renormalises over the tokens other than
+    <sos> and <pad>.
+    """
+    draw = lambda logp: torch.multinomial(logp.exp(), 1, generator=generator)[:, 0]  # noqa: E731
+    return _one_token_at_a_time(decoder, memory, sos_id, eos_id, pad_id, max_len, draw, memory_padding_mask,
+                                use_cache)
 
 
 @torch.no_grad()

@@ -146,11 +146,13 @@ def caption_loader(processed_dir: str | Path, split: str, batch_size: int, shuff
 
 
 def image_captions_loader(processed_dir: str | Path, split: str, batch_size: int,
-                          num_workers: int = 0) -> DataLoader:
-    """Every image of a split once, in order, with all its raw captions, for captioning and scoring
-    (:class:`ImageWithCaptionsDataset`)."""
+                          num_workers: int = 0, shuffle: bool = False, seed: int = 0, drop_last: bool = False,
+                          num_replicas: int = 1, rank: int = 0) -> DataLoader:
+    """Every image of a split once, with all its raw captions (:class:`ImageWithCaptionsDataset`): in
+    order for captioning and scoring, or shuffled by ``(seed, epoch)`` for self-critical training;
+    ``num_replicas``/``rank`` [distributed]: this process's share."""
     dataset = ImageWithCaptionsDataset(processed_dir, split)
-    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle=False)
+    sampler = EpochBatchSampler(len(dataset), batch_size, shuffle, seed, drop_last, num_replicas, rank)
     return _data_loader(dataset, sampler, num_workers)
 
 

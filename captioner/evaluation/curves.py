@@ -2,14 +2,16 @@
 
 The log holds two kinds of records (see :class:`captioner.training.log.JsonlLogger`):
 
-* step records, every ``log_every`` steps: ``{"epoch", "step", "loss", "lr", "items_per_s"}``;
+* step records, every ``log_every`` steps: ``{"epoch", "step", "loss", "lr", "items_per_s"}``, plus
+  ``"reward"`` and ``"baseline"`` from train_scst.py;
 * epoch records, one per completed epoch: ``{"epoch", "step", "train_loss", "val_loss", ...}``,
   plus ``"val_scores"``, ``"select_by"`` and ``"selection"`` (the score that picks the best epoch)
   from train_captioner.py.
 
 :func:`draw_curves` puts panels side by side: (1) train_loss and val_loss against epoch, (2) the
-learning rate against step, from the step records, and (3) the selection score against epoch, only
-when some record has ``"selection"``. A resumed run appends to the same log, so an epoch or a step may appear more
+learning rate against step, from the step records, (3) the selection score against epoch, only
+when some record has ``"selection"``, and (4) the reward and its baseline against step, only when some
+record has ``"reward"``. A resumed run appends to the same log, so an epoch or a step may appear more
 than once: the later record wins. NaN and infinite values are left out.
 """
 
@@ -154,9 +156,9 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, xlabel: str,
 def draw_curves(records: list[dict], title: str = "") -> Image.Image:
     """The panels for ``records`` side by side, each ``PANEL_W`` x ``PANEL_H``, under ``title`` if given.
 
-    Always the loss and learning-rate panels ("no data" when a panel has nothing to show), and a
-    panel of the checkpoint-selection score when an epoch record has ``"selection"`` (its name from
-    ``"select_by"``).
+    Always the loss and learning-rate panels ("no data" when a panel has nothing to show), a panel of
+    the checkpoint-selection score when an epoch record has ``"selection"`` (its name from
+    ``"select_by"``), and a reward panel when a record has ``"reward"``.
     """
     train, val = epoch_series(records, "train_loss"), epoch_series(records, "val_loss")
     panels = [("loss per epoch", "epoch", "loss", [("train", *train, BLUE), ("val", *val, ORANGE)]),
@@ -165,6 +167,10 @@ def draw_curves(records: list[dict], title: str = "") -> Image.Image:
         name = next(r["select_by"] for r in reversed(records) if "selection" in r)
         panels.append((f"{name} per epoch (val)", "epoch", name,
                        [(name, *epoch_series(records, "selection"), PURPLE)]))
+    if any("reward" in r for r in records):  # train_scst.py: the sampled captions' mean reward and the baseline's
+        panels.append(("reward per step", "step", "reward", [("sampled", *series(records, "reward", by="step"), BLUE),
+                                                             ("baseline", *series(records, "baseline", by="step"),
+                                                              ORANGE)]))
     top = TITLE_H if title else 0
     image = Image.new("RGB", (PANEL_W * len(panels), PANEL_H + top), "white")
     draw = ImageDraw.Draw(image)

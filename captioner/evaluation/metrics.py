@@ -15,6 +15,10 @@ counting) so the numbers are comparable with the tables without Java or the tool
 
 ``bleu``, ``rouge_l`` and ``cider_d`` take captions that are already tokenized (words separated by spaces), as
 the toolkit's scorers do; ``evaluate_captions`` applies ``tokenize_caption`` to both sides first.
+
+Self-critical training scores single captions: :func:`cider_d_scores` is ``cider_d`` per image, and
+with a :func:`document_frequency` counted once over the training references every caption's score is
+independent of the others scored with it (the toolkit's ``CiderD(df="corpus")`` option).
 """
 
 import math
@@ -67,21 +71,23 @@ class _Ngrams(NamedTuple):
 
     ``owner[j]`` is the caption (or image) of row j, ``gram[j]`` the n-gram's id and ``count[j]``
     how often it occurs there; rows are sorted by (owner, gram). Ids run over 0..n_distinct-1 and
-    are shared by all captions counted together, so equal ids mean equal n-grams.
+    are shared by all captions counted together, so equal ids mean equal n-grams. ``words`` is
+    (n_distinct, n): the word ids of each n-gram, in the order of the ``vocab`` counted with them.
     """
 
     owner: np.ndarray
     gram: np.ndarray
     count: np.ndarray
     n_distinct: int
+    words: np.ndarray
 
 
-def _count_ngrams(captions: list[list[str]], max_n: int) -> list[_Ngrams]:
+def _count_ngrams(captions: list[list[str]], max_n: int, vocab: dict | None = None) -> list[_Ngrams]:
     """Count the n-grams of many tokenized captions at once, one table per order n = 1..max_n.
 
     Python dicts of n-gram tuples are the obvious tool, but at COCO size (a million n-grams) the
     per-n-gram Python work dominates; here words become integers, every n-gram an integer id,
-    and numpy sorts do the counting.
+    and numpy sorts do the counting. ``vocab`` (word -> id), when given, is filled with the words' ids.
 
     >>> unigrams, bigrams = _count_ngrams([["a", "b", "a"], ["b", "a"]], max_n=2)
     >>> unigrams.owner.tolist(), unigrams.gram.tolist(), unigrams.count.tolist()  # a = 0, b = 1
@@ -89,7 +95,7 @@ def _count_ngrams(captions: list[list[str]], max_n: int) -> list[_Ngrams]:
     >>> bigrams.owner.tolist(), bigrams.gram.tolist(), bigrams.count.tolist()  # "a b" 0, "b a" 1
     ([0, 0, 1], [0, 1, 1], [1, 1, 1])
     """
-    vocab = {}
+    vocab = {} if vocab is None else vocab
     word = np.array([vocab.setdefault(w, len(vocab)) for words in captions for w in words],
                     dtype=np.int64)  # (W,) every word of every caption, as an id
     lengths = np.array([len(words) for words in captions], dtype=np.int64)  # (C,)
@@ -100,6 +106,7 @@ def _count_ngrams(captions: list[list[str]], max_n: int) -> list[_Ngrams]:
     start = np.arange(len(word))  # (P,) positions where an n-gram of the current order starts
     gram = word  # (P,) the id of that n-gram
     n_distinct = len(vocab)
+    words = np.arange(n_distinct, dtype=np.int64)[:, None]  # (n_distinct, n) the words of each n-gram
     for n in range(1, max_n + 1):
         if n > 1:
             keep = words_left[start] >= n  # the (n-1)-gram can grow by a word of the same caption
@@ -107,9 +114,10 @@ def _count_ngrams(captions: list[list[str]], max_n: int) -> list[_Ngrams]:
             # An n-gram is an (n-1)-gram plus the next word: number the distinct pairs 0, 1, 2, ...
             distinct, gram = np.unique(gram * len(vocab) + word[start + n - 1], return_inverse=True)
             n_distinct = len(distinct)
+            words = np.concatenate([words[distinct // len(vocab)], (distinct % len(vocab))[:, None]], axis=1)
         base = max(n_distinct, 1)  # (caption, gram) packed in one int64; base 1 if none exist
         rows, count = np.unique(caption[start] * base + gram, return_counts=True)
-        tables.append(_Ngrams(rows // base, rows % base, count, n_distinct))
+        tables.append(_Ngrams(rows // base, rows % base, count, n_distinct, words))
     return tables
 
 
@@ -121,6 +129,7 @@ class _Corpus(NamedTuple):
     ref_image: np.ndarray  # (R,) image index of each reference
     hyp: list[_Ngrams]  # per order; owner = image index
     ref: list[_Ngrams]  # per order; owner = reference index
+    vocab: list[str]  # the words, by id
 
 
 def _prepare(references: Mapping, hypotheses: Mapping, max_n: int) -> _Corpus:
@@ -132,15 +141,22 @@ def _prepare(references: Mapping, hypotheses: Mapping, max_n: int) -> _Corpus:
     ref_words = [r.split() for i in ids for r in references[i]]
     ref_image = np.repeat(np.arange(len(ids)), [len(references[i]) for i in ids])  # (R,)
     hyp, ref = [], []
-    for table in _count_ngrams(hyp_words + ref_words, max_n):
+    vocab = {}
+    for table in _count_ngrams(hyp_words + ref_words, max_n, vocab):
         # Rows are sorted by caption and the hypotheses are captions 0..I-1: a prefix.
         cut = np.searchsorted(table.owner, len(ids))
         hyp.append(_Ngrams(table.owner[:cut], table.gram[:cut], table.count[:cut],
-                           table.n_distinct))
+                           table.n_distinct, table.words))
         ref.append(_Ngrams(table.owner[cut:] - len(ids), table.gram[cut:], table.count[cut:],
-                           table.n_distinct))
+                           table.n_distinct, table.words))
     return _Corpus(np.array([len(w) for w in hyp_words], dtype=np.int64),
-                   np.array([len(w) for w in ref_words], dtype=np.int64), ref_image, hyp, ref)
+                   np.array([len(w) for w in ref_words], dtype=np.int64), ref_image, hyp, ref, list(vocab))
+
+
+def _gram_names(table: _Ngrams, vocab: list[str]) -> list[str]:
+    """Every n-gram id of ``table`` as its words joined by spaces: ids are local to one count,
+    names can be looked up in another."""
+    return [" ".join(vocab[w] for w in row) for row in table.words.tolist()]
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -267,38 +283,91 @@ def rouge_l(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Ha
         else:
             scores.append(0.0)
     return float(np.mean(scores))
+class DocumentFrequency(NamedTuple):
+    """CIDEr-D's document frequencies counted once over a reference corpus (:func:`document_frequency`)."""
+
+    n_images: int  # N of idf = log(N) - log(df)
+    counts: tuple[dict[str, int], ...]  # per order n = 1..max_n: "w1 .. wn" -> images whose references have it
+
+
+def _images_with(ref_keys: np.ndarray, n_distinct: int) -> np.ndarray:
+    """Document frequency: for each n-gram id, the number of images whose references contain it.
+
+    ``ref_keys`` (rows,) packs (image, gram) as ``image * n_distinct + gram``; returns (n_distinct,).
+    """
+    return np.bincount(_distinct(ref_keys) % n_distinct, minlength=n_distinct)
+
+
+def document_frequency(references: Mapping[Hashable, Sequence[str]], max_n: int = 4) -> DocumentFrequency:
+    """Count CIDEr-D's document frequencies over ``references`` (tokenized), for :func:`cider_d_scores`.
+
+    The counts are the ones ``cider_d`` makes from the corpus it scores, kept by n-gram:
+
+    >>> df = document_frequency({1: ["a cat", "a cat sat"], 2: ["a dog"]}, max_n=2)
+    >>> df.n_images, df.counts[0]["a"], df.counts[0]["cat"], df.counts[1]["a cat"]
+    (2, 2, 1, 1)
+    """
+    corpus = _prepare(references, {i: "" for i in references}, max_n)
+    counts = []
+    for ref in corpus.ref:
+        images_with = _images_with(corpus.ref_image[ref.owner] * ref.n_distinct + ref.gram, ref.n_distinct)
+        names = _gram_names(ref, corpus.vocab)
+        counts.append({names[g]: int(images_with[g]) for g in np.flatnonzero(images_with)})
+    return DocumentFrequency(len(corpus.hyp_len), tuple(counts))
 
 
 def cider_d(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Hashable, str],
-            sigma: float = 6.0, max_n: int = 4) -> float:
-    """Corpus CIDEr-D as the COCO toolkit computes it (its ``Cider`` class is CIDEr-D).
+            sigma: float = 6.0, max_n: int = 4, document_frequency: DocumentFrequency | None = None) -> float:
+    """Corpus CIDEr-D as the COCO toolkit computes it (its ``Cider`` class is CIDEr-D): the mean of
+    :func:`cider_d_scores`, which describes the computation.
+
+    >>> refs = {1: ["a cat"], 2: ["a dog"]}
+    >>> round(cider_d(refs, {1: "a cat", 2: "a bird"}), 6)  # (10 * (1 + 1 + 0 + 0) / 4 + 0) / 2
+    2.5
+    """
+    return float(cider_d_scores(references, hypotheses, sigma, max_n, document_frequency).mean())
+
+
+def cider_d_scores(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Hashable, str],
+                   sigma: float = 6.0, max_n: int = 4,
+                   document_frequency: DocumentFrequency | None = None) -> np.ndarray:
+    """CIDEr-D of every image, as the COCO toolkit computes it: (I,) in the order of ``references``.
 
     Inputs are already tokenized (space-separated words; see ``tokenize_caption``). With N images:
 
     - document frequency df(g): the number of images whose references contain n-gram g at least
       once; idf(g) = log(N) - log(max(1, df(g))), so an n-gram found in no reference gets the
-      largest weight log(N) and one found for every image gets 0. The corpus being scored is
-      the idf corpus: one image's score depends on the other images' references;
+      largest weight log(N) and one found for every image gets 0. Without ``document_frequency``
+      the corpus being scored is the idf corpus (one image's score depends on the other images'
+      references); with it, df and N come from the corpus it was counted on (each image's score
+      then depends on its own captions alone);
     - every caption becomes, for each n, a vector of count(g) * idf(g) over its n-grams;
     - for a hypothesis h and one reference r, order n contributes
       sum_g min(h_g, r_g) * r_g / (|h_n| |r_n|)  (the hypothesis weight is clipped at the
       reference weight; 0 when either norm is 0), times the length penalty
       exp(-(len(h) - len(r))**2 / (2 sigma**2));
     - the image score is 10 * the mean over references and over n = 1..max_n; the corpus score
-      is the mean over images.
+      is the mean over images (:func:`cider_d`).
 
     >>> refs = {1: ["a cat"], 2: ["a dog"]}
-    >>> round(cider_d(refs, {1: "a cat", 2: "a bird"}), 6)  # (10 * (1 + 1 + 0 + 0) / 4 + 0) / 2
-    2.5
+    >>> cider_d_scores(refs, {1: "a cat", 2: "a bird"}).round(6).tolist()  # 10 * (1 + 1 + 0 + 0) / 4, 0
+    [5.0, 0.0]
     """
     corpus = _prepare(references, hypotheses, max_n)
     n_images, n_refs = len(corpus.hyp_len), len(corpus.ref_len)
-    log_n = math.log(n_images)
+    if document_frequency is not None and len(document_frequency.counts) < max_n:
+        raise ValueError(f"the document frequencies go up to {len(document_frequency.counts)}-grams; "
+                         f"max_n={max_n} needs them up to {max_n}-grams")
+    log_n = math.log(n_images if document_frequency is None else document_frequency.n_images)
     cosine_sum = np.zeros(n_refs)  # (R,) sum over n of the cosine of hypothesis and reference
-    for hyp, ref in zip(corpus.hyp, corpus.ref):
+    for n, (hyp, ref) in enumerate(zip(corpus.hyp, corpus.ref)):
         ref_keys = corpus.ref_image[ref.owner] * ref.n_distinct + ref.gram  # (rows,) (image, gram)
-        images_with = np.bincount(_distinct(ref_keys) % ref.n_distinct,
-                                  minlength=ref.n_distinct)  # (G,) document frequency
+        if document_frequency is None:
+            images_with = _images_with(ref_keys, ref.n_distinct)  # (G,) document frequency
+        else:  # the same counts, made once over another corpus: looked up by n-gram
+            counts = document_frequency.counts[n]
+            images_with = np.array([counts.get(name, 0) for name in _gram_names(ref, corpus.vocab)],
+                                   dtype=np.int64)  # (G,)
         idf = log_n - np.log(np.maximum(images_with, 1))  # (G,)
         hyp_weight = hyp.count * idf[hyp.gram]  # (hyp rows,)
         ref_weight = ref.count * idf[ref.gram]  # (ref rows,)
@@ -317,9 +386,8 @@ def cider_d(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Ha
     delta = corpus.hyp_len[corpus.ref_image] - corpus.ref_len  # (R,)
     per_ref = cosine_sum * np.exp(-(delta ** 2) / (2 * sigma ** 2))  # (R,)
     refs_per_image = np.bincount(corpus.ref_image, minlength=n_images)  # (I,)
-    per_image = 10.0 * np.bincount(corpus.ref_image, per_ref, minlength=n_images) / (
+    return 10.0 * np.bincount(corpus.ref_image, per_ref, minlength=n_images) / (
         max_n * refs_per_image)  # (I,)
-    return float(per_image.mean())
 
 
 def evaluate_captions(references: Mapping[Hashable, Sequence[str]],
