@@ -386,8 +386,9 @@ MUTANTS = [
            "loss = loss + eos_suppression_loss(logits, tokens[:, 1:])",
            ["tests/test_train_captioner.py", "-k", "weighted_eos"]),
     mutant("doubly-stochastic-mask-dropped", "train_captioner.py",
-           "doubly_stochastic_penalty(maps[-1][:, 0], tokens[:, 1:] != PAD_ID)",
-           "doubly_stochastic_penalty(maps[-1][:, 0], torch.ones_like(tokens[:, 1:], dtype=torch.bool))",
+           "doubly_stochastic_penalty(maps[-1][:, 0],\n" + " " * 84 + "tokens[:, 1:] != PAD_ID)",
+           "doubly_stochastic_penalty(maps[-1][:, 0],\n" + " " * 84
+           + "torch.ones_like(tokens[:, 1:], dtype=torch.bool))",
            ["tests/test_train_captioner.py", "-k", "doubly_stochastic_term"], "padding steps count as attention"),
     # ---- checkpoints, the inverse-sqrt schedule, greedy scores, length groups over two ranks
     mutant("latest-checkpoint-by-name", "captioner/training/checkpoints.py",
