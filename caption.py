@@ -46,7 +46,7 @@ from captioner.evaluation.own_images import ImageCaptioner, crop_note
 from captioner.evaluation.pictures import attention_figure, picture_scale, save_png
 from captioner.models.dual_encoder import KIND as RETRIEVAL_KIND
 from captioner.serve.server import MAX_UPLOAD_BYTES, CaptionServer
-from captioner.training.checkpoints import latest_checkpoint
+from captioner.training.checkpoints import CheckpointError, latest_checkpoint, load_checkpoint
 from captioner.training.devices import resolve_device
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -260,8 +260,8 @@ def checkpoint_kind(path: Path) -> str | None:
     is wrong with it). Not memory-mapped: with ``mmap=True`` here, ``--serve`` sometimes aborted at exit
     after Ctrl-C ("terminate called without an active exception")."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True).get("kind")
-    except Exception:
+        return load_checkpoint(path).get("kind")
+    except CheckpointError:
         return None
 
 

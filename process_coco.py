@@ -82,7 +82,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description="Step 1: get images and captions, train the tokenizer, tokenize every caption and "
                     "pre-resize every image into a uint8 cache under <data-dir>/processed/. A rerun "
                     "redoes only what is missing or was made with other options.")
-    parser.add_argument("--source", choices=("shapes", "coco", "wit", "karpathy", "flickr8k"), default=None,
+    parser.add_argument("--source", choices=tuple(DEFAULT_IMAGE_SIZE), default=None,
                         help="shapes (the default): generate the synthetic dataset, offline; coco: MS COCO 2017 "
                              "(the default when --coco-dir or --base-url is given); wit: the WIT shards of "
                              "--wit-files (the default when it is given); karpathy: Karpathy's split file "

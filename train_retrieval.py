@@ -289,7 +289,8 @@ def retrieval_picture(model, cfg: RetrievalRunConfig, transform, device, precisi
     dataset = ImageWithCaptionsDataset(cfg.data.processed_dir, "val")
     captions = [c for image_captions in dataset.captions for c in image_captions]  # embed_split's caption order
     ranked = [[captions[j] for j in row.tolist()] for row in top]
-    hits, text = set(zip(owner.tolist(), text.tolist())), text.tolist()  # Recall@K's rule: the text of an own caption
+    text = text.tolist()
+    hits = set(zip(owner.tolist(), text))  # Recall@K's rule: the text of an own caption
     true = [[(i, text[j]) in hits for j in row.tolist()] for i, row in enumerate(top)]
     images = to_tensors(dataset.get_batch(range(n)))["images"]  # (n, 3, S, S) uint8
     return retrieval_figure(images, ranked, true, scale=picture_scale(images.shape[-1]))

@@ -93,9 +93,10 @@ from captioner.training.schedule import lr_at_step
 from captioner.training.scst import greedy_baseline, mean_of_others_baseline, scst_loss
 from captioner.training.seeding import TRAIN_STREAM, seeded_generator
 from transformer_components import greedy_search, sample
+from transformer_components.generation import forbidden_tokens
 
 N_SAMPLES = 3  # validation captions printed after each epoch
-FORBIDDEN = sorted({SOS_ID, PAD_ID})  # never sampled (as in transformer_components/generation.py)
+FORBIDDEN = forbidden_tokens(SOS_ID, EOS_ID, PAD_ID)  # never sampled
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,8 +187,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training images than one batch ({cfg.data.batch_size}) "
                          f"per process ({dist_info.world_size}); lower data.batch_size")
     weights = config_to_dict(cfg.scst.reward)
-    train_refs = dict(zip(train_loader.dataset.image_ids.tolist(), train_loader.dataset.captions))
-    val_refs = dict(zip(val_loader.dataset.image_ids.tolist(), val_loader.dataset.captions))
+    train_refs = reference_captions(train_loader.dataset, train_loader.dataset.image_ids)
+    val_refs = reference_captions(val_loader.dataset, val_loader.dataset.image_ids)
     truth_reward = any(weights[name] for name in TRUTH_REWARDS)
     train_scenes = shapes_scenes(cfg.data.processed_dir, list(train_refs), train_refs) if truth_reward else None
     val_scenes = shapes_scenes(cfg.data.processed_dir, list(val_refs), val_refs)  # None unless shapes

@@ -52,7 +52,7 @@ def _next_log_probs(
     return logp
 
 
-def _forbidden(sos_id: int, eos_id: int, pad_id: int) -> list[int]:
+def forbidden_tokens(sos_id: int, eos_id: int, pad_id: int) -> list[int]:
     return sorted({sos_id, pad_id} - {eos_id})
 
 
@@ -72,7 +72,7 @@ def _one_token_at_a_time(
     A finished row still gets a pick, which is then replaced by padding (so a sampler draws the same
     numbers whether or not the cache is used)."""
     N = memory.size(0)
-    forbidden = _forbidden(sos_id, eos_id, pad_id)
+    forbidden = forbidden_tokens(sos_id, eos_id, pad_id)
     cache = decoder.new_cache() if use_cache else None
     tokens = torch.full((N, 1), sos_id, dtype=torch.long, device=memory.device)  # (N, 1)
     finished = torch.zeros(N, dtype=torch.bool, device=memory.device)  # (N,)
@@ -162,7 +162,7 @@ def beam_search_plain(
     beams (cut, n = max_len) are ranked together by normalised score. Needs beam_size >= 2
     (`beam_search` with K = 1 is greedy decoding). `beam_search` returns the same hypotheses.
     """
-    forbidden = _forbidden(sos_id, eos_id, pad_id)
+    forbidden = forbidden_tokens(sos_id, eos_id, pad_id)
     live: list[tuple[list[int], float]] = [([], 0.0)]  # (tokens, total log-probability)
     pool: list[tuple[list[int], float]] = []  # (tokens ending in <eos>, normalised score)
     for t in range(1, max_len + 1):
@@ -234,7 +234,7 @@ def beam_search(
         return tokens[:, None], scores[:, None]  # (B, 1, L), (B, 1)
     B, K = memory.size(0), beam_size
     device = memory.device
-    forbidden = _forbidden(sos_id, eos_id, pad_id)
+    forbidden = forbidden_tokens(sos_id, eos_id, pad_id)
     cache = decoder.new_cache() if use_cache else None
     source = torch.arange(B, device=device)[:, None]  # (B, 1)
 

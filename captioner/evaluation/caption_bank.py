@@ -32,6 +32,7 @@ from captioner.data.processed import split_files
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.own_images import CaptionedImage, Hypothesis, OwnImageLoader, cache_size_of
 from captioner.evaluation.retrieval import top_k_search
+from captioner.infra.stamps import file_stats
 from captioner.models.dual_encoder import KIND, DualEncoder
 from captioner.training.checkpoints import CheckpointError, load_checkpoint, load_state_dict_checked, save_checkpoint
 from captioner.training.devices import autocast, resolve_precision
@@ -48,9 +49,9 @@ def bank_path(checkpoint: str | Path) -> Path:
 
 
 def file_stamp(path: Path) -> list[int]:
-    """``[size, modification time in ns]``: changes whenever the file is rewritten."""
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
+    """``[size, modification time in ns]`` (the build stamps' ``file_stats``): changes whenever the file is
+    rewritten."""
+    return list(file_stats([path])[0])
 
 
 @torch.no_grad()

@@ -283,6 +283,8 @@ def rouge_l(references: Mapping[Hashable, Sequence[str]], hypotheses: Mapping[Ha
         else:
             scores.append(0.0)
     return float(np.mean(scores))
+
+
 class DocumentFrequency(NamedTuple):
     """CIDEr-D's document frequencies counted once over a reference corpus (:func:`document_frequency`)."""
 
