@@ -150,7 +150,7 @@ class ImageCaptionPairDataset(BatchDataset):
         return {
             "images": self.cache.take(unique_rows),  # (U, S, S, 3)
             "image_index": image_index.reshape(-1),  # (B,)
-            "tokens": self._pad(indices),  # (B, T)
+            "tokens": self.pad_pairs(indices),  # (B, T)
             "image_ids": self.image_ids[unique_rows],  # (U,)
         }
 
@@ -161,7 +161,7 @@ class ImageCaptionPairDataset(BatchDataset):
         within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0, 1, .. per image
         return np.repeat(starts, counts) + within
 
-    def _pad(self, pairs: np.ndarray) -> np.ndarray:
+    def pad_pairs(self, pairs: np.ndarray) -> np.ndarray:
         """``<sos> ids <eos> <pad>...`` for each pair: (B, T) int64, T = longest in the batch.
 
         Example: ids [[7, 8], [9]] -> [[SOS, 7, 8, EOS], [SOS, 9, EOS, PAD]].

@@ -69,7 +69,7 @@ def embed_bank(model: DualEncoder, processed_dir: str, max_len: int, device: tor
     chunks = []
     for start in tqdm(range(0, len(pairs), batch_size), desc="embedding the caption bank", unit="batch",
                       leave=False, disable=not show):
-        tokens = torch.from_numpy(dataset._pad(pairs[start : start + batch_size])).to(device)  # (b, T)
+        tokens = torch.from_numpy(dataset.pad_pairs(pairs[start : start + batch_size])).to(device)  # (b, T)
         with autocast(device, precision):
             chunks.append(model.encode_texts(tokens).float().cpu())  # (b, E)
     return captions, torch.cat(chunks)
