@@ -134,8 +134,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"than one step's {cfg.train.accumulate_steps} batch(es) of {cfg.data.batch_size} per "
                          f"process ({dist_info.world_size}); lower data.batch_size or train.accumulate_steps")
     size = cfg.model.image_size
-    train_transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip)
-    eval_transform = EvalTransform(size)
+    train_transform = MAETrainTransform(size, scale=(cfg.augment.crop_scale_min, 1.0), flip=cfg.augment.flip,
+                                        mean=cfg.model.mean, std=cfg.model.std)
+    eval_transform = EvalTransform.for_encoder(cfg.model)  # the normalisation the encoder's weights expect
     n_pictures = min(cfg.n_reconstructions, len(val_loader.dataset))
     picture_images = to_tensors(val_loader.dataset.get_batch(range(n_pictures)))["images"]  # (n, 3, S, S) uint8
 

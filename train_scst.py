@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                start.get("pretrained"))
     compiled = maybe_compile(raw_model, cfg.train.compile, graph_variants=1, mode=cfg.train.compile_mode)
     model = wrap_ddp(compiled, dist_info)  # [distributed] the freeze state never changes: wrapped once
-    transform = EvalTransform(encoder_config.image_size)
+    transform = EvalTransform.for_encoder(encoder_config)
 
     # ---- 3. data and rewards ----------------------------------------------------------------------
     # A batch is batch_size images with all their references; each image gets K sampled captions.

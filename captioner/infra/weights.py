@@ -71,7 +71,12 @@ def weights_url(name: str) -> str:
     """The URL of named weights: the publisher's, or its file name under ``$CAPTIONER_WEIGHTS_URL``."""
     url = WEIGHTS[name].url
     base = os.environ.get("CAPTIONER_WEIGHTS_URL")
-    return f"{base.rstrip('/')}/{url.rsplit('/', 1)[1]}" if base else url
+    return f"{base.rstrip('/')}/{file_name(name)}" if base else url
+
+
+def file_name(name: str) -> str:
+    """The publisher's file name of named weights (the last part of its URL), as cached here."""
+    return WEIGHTS[name].url.rsplit("/", 1)[1]
 
 
 def fetch_weights(name: str, show: bool = True) -> Path:
@@ -79,7 +84,7 @@ def fetch_weights(name: str, show: bool = True) -> Path:
     it is not cached yet."""
     entry = WEIGHTS[name]
     url = weights_url(name)
-    dest = cache_dir() / entry.url.rsplit("/", 1)[1]
+    dest = cache_dir() / file_name(name)
     if dest.is_file():
         return dest
     with tqdm(desc=f"downloading {name}", unit="B", unit_scale=True, disable=not show) as bar:

@@ -34,11 +34,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.config import MAEConfig, ResNetConfig, ViTConfig
-from captioner.training.checkpoints import encoder_from_mae_checkpoint
 from captioner.models.mae import MaskedAutoencoder
 from captioner.models.resnet import ResNetEncoder
 from captioner.models.vit import ImageEncoder, position_table
-from captioner.training.checkpoints import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint
+from captioner.training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    encoder_from_mae_checkpoint,
+    load_checkpoint,
+    read_torch_file,
+)
 
 # timm's ViT widths and their head counts (64 dimensions a head; 80 for ViT-H); the weights do not say
 VIT_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
@@ -48,12 +53,7 @@ CLASSIFIER_KEYS = re.compile(r"(fc|head)\.(weight|bias)")  # the classifiers, dr
 
 
 def _read(path: Path) -> object:
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__})") from None
+    return read_torch_file(path, "no such weights file", "not a readable PyTorch weights file (")
 
 
 def _state_dict_of(payload: object, path: str | Path) -> dict[str, Tensor]:

@@ -96,6 +96,17 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     return max(numbered)[1]
 
 
+def read_torch_file(path: Path, missing: str, unreadable: str) -> object:
+    """``torch.load(path, weights_only=True)`` onto the CPU; CheckpointError naming the file when it is
+    missing (``missing``) or cannot be read (``unreadable``, followed by torch's exception type)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {missing}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise CheckpointError(f"{path}: {unreadable}{type(e).__name__})") from None
+
+
 def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     """Load a checkpoint with ``weights_only=True`` onto the CPU, checking its format and ``kind``.
 
@@ -104,15 +115,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict:
     Raises CheckpointError naming the file for a missing, unreadable or mismatched checkpoint.
     """
     path = latest_checkpoint(path) if Path(path).is_dir() else Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated, corrupt, or not saved by this project; "
-            f"{type(e).__name__})"
-        ) from None
+    payload = read_torch_file(path, "no such checkpoint file", "not a readable checkpoint (truncated, corrupt, "
+                              "or not saved by this project; ")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this project (format {CHECKPOINT_FORMAT} expected)")
     if kind is not None and payload.get("kind") != kind:
