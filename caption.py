@@ -257,8 +257,7 @@ def check_arguments(parser: argparse.ArgumentParser, args) -> None:
 
 def checkpoint_kind(path: Path) -> str | None:
     """The ``kind`` a checkpoint file declares, or None where it cannot be read (the loader then says what
-    is wrong with it). Not memory-mapped: with ``mmap=True`` here, ``--serve`` sometimes aborted at exit
-    after Ctrl-C ("terminate called without an active exception")."""
+    is wrong with it)."""
     try:
         return load_checkpoint(path).get("kind")
     except CheckpointError:
@@ -298,7 +297,11 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
             captioner.beam_size = args.top  # --top K alone: search with K beams to have K hypotheses
     if args.serve:
         serve(captioner, args)
-        return None
+        # Stop without the interpreter's teardown: after Ctrl-C it sometimes met a C++ thread still alive
+        # and aborted ("terminate called without an active exception"); the server is closed, nothing is left.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
     files, problems = image_files(args.paths, args.recursive)
     for name, reason in problems:
