@@ -6,7 +6,10 @@ against the field's type, and any value can be overridden on the command line::
 
     python train_encoder.py --config configs/shapes_encoder.yaml --set train.lr=3e-4 --set train.epochs=2
 
-A file may extend another with ``base: other.yaml`` and state only what differs (`read_yaml`).
+A file may extend another with ``base: other.yaml`` and state only what differs (`read_yaml`). A key
+that no file states takes its run's built-in default, which is the run's shapes preset
+(``configs/shapes_*.yaml``), with one exception: the captioner's built-in checkpoint selection is the
+field's (CIDEr-D), the shapes presets' the truth score.
 The resolved configuration (file + overrides) is stored as a plain dict inside every checkpoint, so a
 resumed run uses exactly the settings it was started with.
 
@@ -72,14 +75,15 @@ class ViTConfig:
 
     image_size: int = 64  # network input resolution (square)
     patch_size: int = 8
-    width: int = 192  # d_model
-    depth: int = 6  # number of encoder layers
-    heads: int = 3
+    width: int = 128  # d_model
+    depth: int = 4  # number of encoder layers
+    heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
     # Pixels each patch's embedding also sees on every side of its own patch: 0 is the plain ViT
     # (each token sees its patch only); > 0 lets a token see the edges its patch shares with its
-    # neighbours (MAE blanks the masked patches first, so nothing hidden leaks; models/vit.py).
+    # neighbours (MAE blanks the masked patches first, so nothing hidden leaks; models/vit.py). The
+    # quickstart's 4 is EncoderRunConfig's default; 0 here is what published weights and other callers build.
     patch_overlap: int = 0
     # The field's published ViTs (the official MAE weights, timm's): a class token ahead of the patches,
     # LayerNorm epsilon 1e-6, and for timm's a learned position embedding (captioner/models/pretrained.py).
@@ -114,20 +118,23 @@ class MAEConfig:
     """The masked-autoencoder objective and its light decoder."""
 
     mask_ratio: float = 0.75
-    decoder_width: int = 128
-    decoder_depth: int = 2
+    decoder_width: int = 96
+    decoder_depth: int = 1
     decoder_heads: int = 4
     norm_pix_loss: bool = True  # regress per-patch normalised pixels (MAE paper, better features)
 
 
 @dataclass
 class AugmentConfig:
-    crop_scale_min: float = 0.2  # random resized crop: smallest fraction of the image area kept
+    crop_scale_min: float = 0.35  # random resized crop: smallest fraction of the image area kept
     flip: bool = True  # horizontal flips: images only (MAE); never used with captions
 
 
 @dataclass
 class TrainConfig:
+    """How a run trains. Each run configuration below gives its own defaults, its shapes preset's (the
+    captioner's learning rate is not MAE's): the values here are where a run states none."""
+
     epochs: int = 10
     lr: float = 1.5e-3  # peak learning rate, reached after warm-up
     min_lr: float = only_when(1e-5, "schedule", "cosine")  # end of the cosine decay (inverse-sqrt has no floor)
@@ -156,22 +163,22 @@ class EncoderRunConfig:
     """Configuration of ``train_encoder.py``."""
 
     run_dir: str = "runs/shapes_encoder"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ViTConfig = field(default_factory=ViTConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=64))
+    model: ViTConfig = field(default_factory=lambda: ViTConfig(patch_overlap=4))
     mae: MAEConfig = field(default_factory=MAEConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=24, precision="fp32"))
     splits: list[str] = field(default_factory=lambda: ["train"])  # image splits MAE learns from (e.g. add "unlabeled")
     n_reconstructions: int = 8  # validation images in the per-epoch reconstruction picture
 
 
 @dataclass
 class CaptionDecoderConfig:
-    width: int = 256
-    depth: int = 3
+    width: int = 128
+    depth: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
-    dropout: float = 0.1
+    dropout: float = 0.0
 
 
 @dataclass
@@ -195,8 +202,8 @@ class LSTMDecoderConfig:
 class UnfreezeConfig:
     """Layer-wise unfreezing of the pretrained encoder, from the top layer down."""
 
-    start_epoch: int = 2  # first (0-based) epoch in which the top encoder layer trains
-    decay: float = 0.7  # each encoder group's lr is `decay` times the lr of the group above it
+    start_epoch: int = 0  # first (0-based) epoch in which the top encoder layer trains
+    decay: float = 0.8  # each encoder group's lr is `decay` times the lr of the group above it
     groups_per_epoch: int = 1  # encoder groups unfrozen per epoch, from the top (depth + 1 or more: all at once)
 
 
@@ -221,12 +228,13 @@ class CaptionerRunConfig:
     decoder_kind: Literal["transformer", "lstm", "attention-lstm"] = "transformer"
     encoder_config: str = "configs/shapes_encoder.yaml"  # vit: architecture source when training from scratch (no -p)
     vit_image_size: int = 0  # -p with published ViT weights: the input size (0: the weights' own)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=100, max_caption_len=24))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)  # encoder_kind resnet only
     decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)  # decoder_kind transformer only
     lstm: LSTMDecoderConfig = field(default_factory=LSTMDecoderConfig)  # decoder_kind lstm / attention-lstm only
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=16, lr=2e-3, warmup_epochs=0.5, beta2=0.98))
+    # The field's selection (CIDEr-D on 1000 val images), for real data; the shapes presets choose captions_true
     eval: EvalConfig = field(default_factory=EvalConfig)
     label_smoothing: float = 0.1
     eos_suppression: float = 0.0  # weight of the mean probability put on <eos> before a caption's true end (0: off)
@@ -258,9 +266,11 @@ class SCSTRunConfig:
     """Configuration of ``train_scst.py``; the model comes from the ``-p`` captioner checkpoint."""
 
     run_dir: str = "runs/shapes_scst"
-    data: DataConfig = field(default_factory=DataConfig)  # batch_size counts images per step
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)  # select_images: validation images scored after each epoch
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=20))  # batch_size counts images per step
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=1, lr=5e-5, min_lr=1e-6, warmup_epochs=0.0,
+                                                                   weight_decay=0.0, beta2=0.999, log_every=10))
+    # select_images: validation images scored after each epoch
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig(select_images=200))
     scst: SCSTConfig = field(default_factory=SCSTConfig)
 
 
@@ -299,10 +309,10 @@ class RetrievalRunConfig:
 
     run_dir: str = "runs/shapes_retrieval"
     encoder_config: str = "configs/shapes_encoder.yaml"  # image tower's architecture without -p
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=64, max_caption_len=24))
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5, beta2=0.98))
     eval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
 
 
@@ -364,14 +374,24 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {annotation}")
 
 
-def _from_dict(cls: type[C], data: dict, where: str) -> C:
+def _from_dict(cls: type[C], data: dict, where: str, start: C | None = None) -> C:
+    """``start`` (default: ``cls()``) with the keys of ``data`` replaced. A section missing from ``data``, or a
+    key missing from a section, keeps the value of the instance that contains it: a run's own default
+    (``CaptionerRunConfig.train`` is not ``TrainConfig()``), not the section class's."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known keys: {', '.join(sorted(names))})")
-    kwargs = {k: _check_value(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    start = cls() if start is None else start
+    kwargs = {}
+    for k, v in data.items():
+        key_where = f"{where}.{k}" if where else k
+        if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict):
+            kwargs[k] = _from_dict(hints[k], v, key_where, getattr(start, k))
+        else:
+            kwargs[k] = _check_value(v, hints[k], key_where)
+    return dataclasses.replace(start, **kwargs)
 
 
 def config_from_dict(cls: type[C], data: dict, source: str = "config") -> C:

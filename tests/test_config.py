@@ -9,6 +9,8 @@ from captioner.config import (
     CaptionerRunConfig,
     ConfigError,
     EncoderRunConfig,
+    RetrievalRunConfig,
+    SCSTRunConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -21,7 +23,7 @@ def test_load_config_with_overrides(tmp_path):
     path.write_text("run_dir: runs/x\ntrain:\n  lr: 3e-4\n  epochs: 3\nmodel:\n  width: 64\n")
     cfg = load_config(EncoderRunConfig, path, ["train.epochs=5", "mae.norm_pix_loss=false", "splits=[train, unlabeled]"])
     assert cfg.train.lr == 3e-4 and isinstance(cfg.train.lr, float)  # YAML reads "3e-4" as a string
-    assert cfg.train.epochs == 5 and cfg.model.width == 64 and cfg.model.depth == 6  # defaults fill the rest
+    assert cfg.train.epochs == 5 and cfg.model.width == 64 and cfg.model.depth == 4  # defaults fill the rest
     assert cfg.mae.norm_pix_loss is False and cfg.splits == ["train", "unlabeled"]
     assert config_from_dict(EncoderRunConfig, config_to_dict(cfg)) == cfg  # what checkpoints store round-trips
 
@@ -111,3 +113,33 @@ def test_the_shapes8k_presets_change_only_what_they_say():
         ("encoder_config", None)}
     assert load_config(CaptionerRunConfig, configs / "shapes8k_captioner.yaml").train.epochs == 14
     assert load_config(EncoderRunConfig, configs / "shapes8k_encoder.yaml").train.epochs == 12
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+@pytest.mark.parametrize("cls, preset", [(EncoderRunConfig, "shapes_encoder.yaml"),
+                                         (CaptionerRunConfig, "shapes_captioner.yaml"),
+                                         (SCSTRunConfig, "shapes_scst.yaml"),
+                                         (RetrievalRunConfig, "shapes_retrieval.yaml")])
+def test_a_runs_built_in_defaults_are_its_shapes_preset(cls, preset):
+    defaults, file = config_to_dict(cls()), config_to_dict(load_config(cls, CONFIGS / preset))
+    if cls is CaptionerRunConfig:
+        # the one deliberate difference: the built-in selection is the field's (CIDEr-D on 1000 val images),
+        # the shapes preset's is the truth score on all 500
+        assert (defaults["eval"]["select_by"], defaults["eval"]["select_images"]) == ("CIDEr-D", 1000)
+        assert (file["eval"]["select_by"], file["eval"]["select_images"]) == ("captions_true", 500)
+        defaults["eval"].update(select_by="captions_true", select_images=500)
+    assert defaults == file
+
+
+def test_a_key_a_file_leaves_out_keeps_its_runs_default_not_its_sections(tmp_path):
+    path = tmp_path / "short.yaml"
+    path.write_text("train:\n  epochs: 3\n")
+    train = load_config(CaptionerRunConfig, path).train
+    preset = load_config(CaptionerRunConfig, CONFIGS / "shapes_captioner.yaml").train
+    assert train.epochs == 3
+    assert (train.lr, train.warmup_epochs, train.beta2) == (preset.lr, preset.warmup_epochs, preset.beta2) == (
+        2e-3, 0.5, 0.98)
+    encoder = load_config(EncoderRunConfig, path)
+    assert (encoder.train.epochs, encoder.train.precision, encoder.model.patch_overlap) == (3, "fp32", 4)
