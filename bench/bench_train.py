@@ -12,10 +12,7 @@ On CUDA the sections also print the model-FLOPs utilisation against the GPU's de
 the peak GPU memory. Inputs are synthetic (images of the preset's size, captions of CAPTION_SHAPES),
 so no dataset is needed; warm-up steps and compiling are not timed. Figures: docs/benchmarks.md#training-steps.
 
-Usage: python bench/bench_train.py [--preset shapes|coco] [--device auto|cpu|cuda] [--compile]
-                                   [--compile-mode default|reduce-overhead|max-autotune|...]
-                                   [--steps 20] [--warmup 5] [--batch-size N] [--workers N]
-                                   [--peak-tflops X] [--profile] [--sections mae,captioner,precision]
+Usage: python bench/bench_train.py [--preset shapes|coco] [--sections mae,captioner,precision] (--help: all options)
 """
 
 import argparse
@@ -36,40 +33,20 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_data import make_processed  # noqa: E402
 from bench.flops import flops_per_image  # noqa: E402
-from captioner.config import (  # noqa: E402
-    COMPILE_MODES,
-    CaptionerRunConfig,
-    EncoderRunConfig,
-    TrainConfig,
-    ViTConfig,
-    load_config,
-)
+from captioner.config import COMPILE_MODES, CaptionerRunConfig, EncoderRunConfig, TrainConfig, load_config  # noqa: E402
 from captioner.data.loaders import image_loader  # noqa: E402
 from captioner.data.transforms import EvalTransform, MAETrainTransform  # noqa: E402
 from captioner.infra.compile import maybe_compile  # noqa: E402
 from captioner.infra.device_loader import device_image_loader  # noqa: E402
-from captioner.models.captioner import (  # noqa: E402
-    build_captioner,
-    teacher_forcing_loss,
-)
+from captioner.models.captioner import build_captioner, teacher_forcing_loss  # noqa: E402
 from captioner.models.mae import MaskedAutoencoder  # noqa: E402
 from captioner.text.tokenizers import EOS_ID, SOS_ID  # noqa: E402
-from captioner.training.devices import (  # noqa: E402
-    autocast,
-    cpu_has_bf16_matrix_units,
-    make_grad_scaler,
-    resolve_device,
-    resolve_precision,
-)
+from captioner.training.devices import (autocast, cpu_has_bf16_matrix_units, make_grad_scaler,  # noqa: E402
+                                        resolve_device, resolve_precision)
 from captioner.training.log import LossMeter  # noqa: E402
 from captioner.training.optimizer import make_optimizer, param_groups  # noqa: E402
-from captioner.training.unfreeze import (  # noqa: E402
-    GroupState,
-    set_trainable,
-    train_everything,
-    unfreeze_param_groups,
-    unfreeze_schedule,
-)
+from captioner.training.unfreeze import (GroupState, set_trainable, train_everything,  # noqa: E402
+                                         unfreeze_param_groups, unfreeze_schedule)
 from captioner.training.seeding import TRAIN_STREAM, seeded_generator  # noqa: E402
 from train_encoder import mae_loss  # noqa: E402
 
@@ -103,17 +80,13 @@ class Row:
         return self.items / self.seconds
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn, device: torch.device) -> float:
     """Wall-clock seconds of ``fn()``, with the device's queued work finished before and after."""
-    synchronize(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda device: None)
+    sync(device)
     start = time.perf_counter()
     fn()
-    synchronize(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -128,15 +101,9 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def train_steps(model, optimizer, scaler: torch.amp.GradScaler, train: TrainConfig, device: torch.device,
                 precision: str, batches, loss_fn, states: dict[str, GroupState] | None = None) -> float:
-    """One training step per batch, as train_encoder.py and train_captioner.py run it; the mean loss.
-
-    Per step: each optimiser group's lr (``train.lr``, constant here, times its unfreeze group's
-    multiplier in ``states``; 1 without), the forward pass and ``loss_fn(model, batch) -> (loss,
-    items)`` under autocast, backward through the gradient scaler, clipping of the unscaled
-    gradients, the optimiser step, ``zero_grad``, and the loss added to a LossMeter on the device.
-    No log lines: the one host read is the mean at the end (which also stops on a non-finite loss).
-    ``model`` is what runs (compiled per ``train``, see :func:`make_model_step`).
-    """
+    """One training step per batch, as the training scripts run it (lr per unfreeze group in ``states``, held
+    constant; ``loss_fn(model, batch) -> (loss, items)`` under autocast; scaler, clipping, optimiser step);
+    the mean loss. No log lines: the one host read is the mean at the end."""
     model.train()
     parameters = [p for group in optimizer.param_groups for p in group["params"]]  # what clipping sees
     meter = LossMeter(device)
@@ -193,21 +160,23 @@ def command_line_overrides(args) -> list[str]:
     return [f"train.compile={str(args.compile).lower()}", f"train.compile_mode={args.compile_mode}", *batch]
 
 
-def mae_preset(args, device: torch.device) -> tuple[EncoderRunConfig, str]:
-    """The preset's MAE config with the command line's compile and batch-size overrides, and its training
-    precision on ``device``."""
+def mae_setup(args, device: torch.device):
+    """(cfg, precision, model, optimizer): the preset's MAE config with the command line's overrides, its
+    training precision on ``device``, and the MaskedAutoencoder (seeded) and AdamW that train_encoder.py builds."""
     cfg = load_config(EncoderRunConfig, PRESETS[args.preset], command_line_overrides(args))
-    return cfg, resolve_precision(cfg.train.precision, device, training=True)
+    torch.manual_seed(0)
+    model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)
+    optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
+                               (cfg.train.beta1, cfg.train.beta2), device)
+    return cfg, resolve_precision(cfg.train.precision, device, training=True), model, optimizer
 
 
 def mae_section(args, device: torch.device) -> list[Row]:
-    cfg, precision = mae_preset(args, device)
+    cfg, precision, model, optimizer = mae_setup(args, device)
     B, size = cfg.data.batch_size, cfg.model.image_size
     workers = cfg.data.num_workers if args.workers is None else args.workers
     print(f"MAE preset {args.preset}: {size} px, batch {B}, {precision}, {compile_text(cfg.train)}, "
           f"{workers} loader workers, {args.warmup} warm-up + {args.steps} timed steps")
-
-    model, optimizer = mae_model(cfg, device)
     run = make_model_step(model, optimizer, cfg.train, device, precision)
     L = model.num_patches
     # The training step alone: a few distinct batches already on the device, transformed once.
@@ -219,13 +188,12 @@ def mae_section(args, device: torch.device) -> list[Row]:
     run([ready[i % 4] for i in range(args.warmup)], step_only)
     step_s = timed(lambda: run([ready[i % 4] for i in range(args.steps)], step_only), device)
     step_ips = args.steps * B / step_s
-    # about what a run of the preset needs at this batch size (plus the 4 prepared batches), before the data
-    # rows copy images to the device
+    # what a run of the preset needs (plus the 4 prepared batches), before the data rows copy images there
     print_peak_memory("MAE training step", device)
     if args.profile:
         print_profile(lambda: run([ready[i % 4] for i in range(3)], step_only), device)
 
-    rows = []
+    seconds = {}
     with tempfile.TemporaryDirectory() as tmp:
         processed = make_processed(Path(tmp), B * args.steps, size)
         loader = image_loader(processed, ["train"], B, shuffle=True, num_workers=workers, drop_last=True)
@@ -236,7 +204,6 @@ def mae_section(args, device: torch.device) -> list[Row]:
 
         # the same batches from a copy of the whole cache in device memory (data.on_device)
         device_loader = device_image_loader(processed, ["train"], B, shuffle=True, drop_last=True, device=device)
-        seconds = {}
         for name, source in (("host", loader), ("device", device_loader)):
 
             def data_only(source=source):
@@ -255,49 +222,47 @@ def mae_section(args, device: torch.device) -> list[Row]:
     def mfu(seconds: float) -> float | None:
         return None if peak is None else train_flops * args.steps * B / seconds / (peak * 1e12)
 
+    names = {("data", "host"): f"data pipeline ({workers} workers + transform)",
+             ("whole", "host"): "whole step, data from the host", ("data", "device"): "data pipeline, images in "
+             "device memory", ("whole", "device"): "whole step, images in device memory"}
     n = args.steps * B
-    rows.append(Row("mae", "training step (fwd + bwd + AdamW)", step_s, n, step_ips, mfu(step_s)))
-    rows.append(Row("mae", f"data pipeline ({workers} workers + transform)", seconds["data", "host"], n, step_ips))
-    rows.append(Row("mae", "whole step, data from the host", seconds["whole", "host"], n, step_ips,
-                    mfu(seconds["whole", "host"])))
-    rows.append(Row("mae", "data pipeline, images in device memory", seconds["data", "device"], n, step_ips))
-    rows.append(Row("mae", "whole step, images in device memory", seconds["whole", "device"], n, step_ips,
-                    mfu(seconds["whole", "device"])))
-    return rows
+    return [Row("mae", "training step (fwd + bwd + AdamW)", step_s, n, step_ips, mfu(step_s))] + [
+        Row("mae", name, seconds[key], n, step_ips, mfu(seconds[key]) if key[0] == "whole" else None)
+        for key, name in names.items()]
 
 
-def captioner_preset(args, device: torch.device) -> tuple[CaptionerRunConfig, ViTConfig, str]:
-    """The preset's captioner config with the command line's compile and batch-size overrides, its ViT
-    config and the training precision on ``device``."""
+def captioner_setup(args, device: torch.device):
+    """The preset's captioner (command-line overrides applied, seeded, every encoder layer training):
+    (cfg, vit, model, optimizer, unfreeze states, four synthetic batches, ``loss_fn(model, batch) -> (loss,
+    captions)``), the loss the script's step: normalise the unique images, then teacher forcing."""
     cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset], command_line_overrides(args))
     vit = load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model
-    return cfg, vit, resolve_precision(cfg.train.precision, device, training=True)
-
-
-def teacher_forcing_loss_fn(transform, label_smoothing: float):
-    """``loss_fn(model, batch) -> (loss, captions)`` for :func:`train_steps`: the script's step, normalise
-    the unique images, then teacher forcing."""
+    T, V = CAPTION_SHAPES[args.preset]  # T <= max_caption_len
+    torch.manual_seed(0)
+    model = build_captioner(vit, cfg.decoder, V, cfg.data.max_caption_len).to(device)
+    optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
+                               (cfg.train.beta1, cfg.train.beta2), device)
+    unfrozen = train_everything(vit.depth)
+    set_trainable(model, unfrozen)
+    transform = EvalTransform(vit.image_size)
 
     def loss_fn(model_, batch):
         loss = teacher_forcing_loss(model_, transform(batch["images"]), batch["tokens"], batch["image_index"],
-                                    label_smoothing)
+                                    cfg.label_smoothing)
         return loss, batch["tokens"].shape[0]
 
-    return loss_fn
+    U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
+    return cfg, vit, model, optimizer, unfrozen, synthetic_caption_batches(U, T, V, vit.image_size, device), loss_fn
 
 
 def captioner_section(args, device: torch.device) -> list[Row]:
-    cfg, vit, precision = captioner_preset(args, device)
-    T, V = CAPTION_SHAPES[args.preset]
-    U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
-    B = U * CAPTIONS_PER_IMAGE  # captions per step
+    cfg, vit, model, optimizer, unfrozen, batches, loss_fn = captioner_setup(args, device)
+    precision = resolve_precision(cfg.train.precision, device, training=True)
+    (B, T), U = batches[0]["tokens"].shape, batches[0]["images"].shape[0]  # captions, tokens, images per step
     print(f"captioner preset {args.preset}: {vit.image_size} px, {B} captions of {T} tokens from {U} images per step, "
-          f"vocabulary {V}, {precision}, {compile_text(cfg.train)}, {args.warmup} warm-up + {args.steps} timed steps")
-
-    model, optimizer, run, unfrozen = unfrozen_captioner(cfg, vit, V, device, precision)  # T <= max_caption_len
-    transform = EvalTransform(vit.image_size)
-    loss_fn = teacher_forcing_loss_fn(transform, cfg.label_smoothing)
-    batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
+          f"vocabulary {CAPTION_SHAPES[args.preset][1]}, {precision}, {compile_text(cfg.train)}, "
+          f"{args.warmup} warm-up + {args.steps} timed steps")
+    run = make_model_step(model, optimizer, cfg.train, device, precision)
     peak = peak_tflops(device, args.peak_tflops)
     rows = []
     # epoch 0 of a schedule starting at epoch 1: the whole encoder frozen; then everything trains
@@ -317,22 +282,9 @@ def captioner_section(args, device: torch.device) -> list[Row]:
     return rows
 
 
-def unfrozen_captioner(cfg: CaptionerRunConfig, vit: ViTConfig, vocab: int, device: torch.device, precision: str):
-    """The preset's captioner with every encoder layer training: (model, optimizer, run, states), ``run``
-    its training steps (see :func:`make_model_step`), ``states`` the unfreeze states."""
-    torch.manual_seed(0)
-    model = build_captioner(vit, cfg.decoder, vocab, cfg.data.max_caption_len).to(device)
-    optimizer = make_optimizer(unfreeze_param_groups(model, cfg.train.weight_decay), cfg.train.lr,
-                               (cfg.train.beta1, cfg.train.beta2), device)
-    unfrozen = train_everything(vit.depth)
-    set_trainable(model, unfrozen)
-    return model, optimizer, make_model_step(model, optimizer, cfg.train, device, precision), unfrozen
-
-
 def fastest_alternated(parts: dict, warmup: list, batches: list, device: torch.device, rounds: int = 3) -> dict:
-    """``{name: seconds}``: the fastest of ``rounds`` timings of each ``parts[name](batches)``, each after
-    its own ``parts[name](warmup)``, the parts alternated within each round: this way a drift of the
-    machine's speed (other tenants, clocks) reaches every part alike instead of the last one alone."""
+    """``{name: seconds}``: the fastest of ``rounds`` timings of each ``parts[name](batches)`` (after its own
+    warm-up), the parts alternated within each round so that a drift of the machine's speed hits all alike."""
     best = {}
     for _ in range(rounds):
         for name, go in parts.items():
@@ -340,15 +292,6 @@ def fastest_alternated(parts: dict, warmup: list, batches: list, device: torch.d
             seconds = timed(lambda go=go: go(batches), device)
             best[name] = min(best.get(name, seconds), seconds)
     return best
-
-
-def mae_model(cfg: EncoderRunConfig, device: torch.device):
-    """(model, optimizer): a MaskedAutoencoder of ``cfg`` (seeded) and its AdamW, as train_encoder.py builds them."""
-    torch.manual_seed(0)
-    model = MaskedAutoencoder(cfg.model, cfg.mae).to(device)
-    optimizer = make_optimizer(param_groups(model.named_parameters(), cfg.train.weight_decay), cfg.train.lr,
-                               (cfg.train.beta1, cfg.train.beta2), device)
-    return model, optimizer
 
 
 def mae_batches_and_loss(cfg: EncoderRunConfig, num_patches: int, device: torch.device):
@@ -368,33 +311,21 @@ def mae_batches_and_loss(cfg: EncoderRunConfig, num_patches: int, device: torch.
 
 
 def precision_section(args, device: torch.device) -> list[Row]:
-    """The MAE training step alone and the unfrozen captioner step in fp32 and in bf16 autocast (what
-    ``train.precision: auto`` takes on a GPU and, for training, on a CPU with AMX), on the same model
-    and batches, the two precisions alternated twice and the faster of each pair kept. Ratios are
-    against fp32. On a CPU without AMX the bf16 rows show why auto stays fp32 there."""
+    """The MAE step and the unfrozen captioner step in fp32 and in bf16 autocast (what ``precision: auto``
+    takes on a GPU or a CPU with AMX), alternated twice, the faster of each kept; ratios against fp32."""
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         print("precision section skipped: this GPU has no bf16")
         return []
     print(f"precision: {'AMX' if cpu_has_bf16_matrix_units() else 'no AMX'} on this CPU; auto trains in "
           f"{resolve_precision('auto', device, training=True)}; {args.warmup} warm-up + {args.steps} timed steps")
     rows = []
-    mae_cfg = load_config(EncoderRunConfig, PRESETS[args.preset])
-    cap_cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset])
-    vit = load_config(EncoderRunConfig, ROOT / cap_cfg.encoder_config).model
-    B = mae_cfg.data.batch_size
-    mae, mae_opt = mae_model(mae_cfg, device)
+    mae_cfg, _, mae, mae_opt = mae_setup(args, device)
     mae_batches, mae_step = mae_batches_and_loss(mae_cfg, mae.num_patches, device)
-
-    T, V = CAPTION_SHAPES[args.preset]
-    U = max(1, cap_cfg.data.batch_size // CAPTIONS_PER_IMAGE)
-    captioner, cap_opt, _, unfrozen = unfrozen_captioner(cap_cfg, vit, V, device, "fp32")  # T <= max_caption_len
-    cap_batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
-    cap_step = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cap_cfg.label_smoothing)
-
+    cap_cfg, _, captioner, cap_opt, unfrozen, cap_batches, cap_step = captioner_setup(args, device)
     for section, model, optimizer, train, batches, loss_fn, states, per_step, unit in (
-            ("mae", mae, mae_opt, mae_cfg.train, mae_batches, mae_step, None, B, "images"),
+            ("mae", mae, mae_opt, mae_cfg.train, mae_batches, mae_step, None, mae_cfg.data.batch_size, "images"),
             ("captioner", captioner, cap_opt, cap_cfg.train, cap_batches, cap_step, unfrozen,
-             U * CAPTIONS_PER_IMAGE, "captions")):
+             cap_batches[0]["tokens"].shape[0], "captions")):
         parts = {precision: lambda bs, run=make_model_step(model, optimizer, train, device, precision):
                  run(bs, loss_fn, states) for precision in ("fp32", "bf16")}
         best = fastest_alternated(parts, [batches[i % 4] for i in range(args.warmup)],
@@ -410,11 +341,8 @@ SECTIONS = {"mae": mae_section, "captioner": captioner_section, "precision": pre
 
 
 def print_profile(fn, device: torch.device) -> None:
-    """The operators that take the most time over ``fn()`` (device time on CUDA, CPU time otherwise).
-
-    When the device total is far below the wall time, the step is bound by the host (kernel
-    launches, Python), not by the GPU.
-    """
+    """The operators that take the most time over ``fn()`` (device time on CUDA, CPU time otherwise). A
+    device total far below the wall time means the step is bound by the host (launches, Python)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -448,8 +376,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
-                        help="shapes: configs/shapes_{encoder,captioner}.yaml; coco: configs/coco_{encoder,captioner}.yaml "
-                             "(default shapes)")
+                        help="configs/{preset}_{encoder,captioner}.yaml (default shapes)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
@@ -457,10 +384,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="override the preset's batch size (images for MAE, captions for the captioner)")
+                        help="data.batch_size instead of the preset's (MAE: images; captioner: captions)")
     parser.add_argument("--workers", type=int, default=None, help="loader workers (default: the preset's)")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print the operators that take the most time in 3 training steps (torch.profiler)")
+    parser.add_argument("--profile", action="store_true", help="print the costliest operators of 3 MAE steps")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's dense bf16 peak for MFU when its name is not in the built-in table")
     parser.add_argument("--sections", default=",".join(SECTIONS),
