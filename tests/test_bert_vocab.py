@@ -7,6 +7,7 @@ format: the bracketed specials and [unused*] slots, every character alone and wi
 words, and word starts and ends as pieces, so that words split in many ways.
 """
 
+import json
 import random
 import re
 from pathlib import Path
@@ -274,3 +275,43 @@ def test_crlf_vocab_reads_like_lf(tmp_path):
 def test_bert_vocab_needs_the_wordpiece_kind(vocab_file):
     with pytest.raises(ValueError, match="is for the wordpiece tokenizer, not bpe"):
         train_tokenizer("bpe", ["a dog"], 100, bert_vocab_file=vocab_file)
+
+
+def test_process_coco_cuts_the_bert_vocabulary_and_reruns_up_to_date(vocab_file, tmp_path, capsys):
+    import process_coco
+
+    def run(*argv):
+        return process_coco.main([str(a) for a in (*argv, "--data-dir", tmp_path / "data", "--n-train", 8,
+                                                   "--n-val", 3, "--n-test", 2, "--workers", 1, "--no-progress")])
+
+    args = ["--tokenizer", "wordpiece", "--bert-vocab", vocab_file, "--vocab-size", 150]
+    meta = run(*args)
+    assert meta["tokenizer"] == "bert-wordpiece" and meta["vocab_size"] == 150
+    processed = tmp_path / "data" / "processed"
+    tokenizer = load_tokenizer(processed / "tokenizer.txt")
+    record = json.loads((processed / "train.json").read_text())
+    n_known = 0
+    for captions, tokens in zip(record["captions"], record["tokens"]):
+        for caption, ids in zip(captions, tokens):
+            assert ids == tokenizer.encode(caption)
+            # shapes captions are ASCII words with "," and "." after them: decoding gives them back, where
+            # no word is [UNK] (this vocabulary has no ##q, so "square" is unknown)
+            if UNK_ID not in ids:
+                assert tokenizer.decode(ids) == " ".join(normalize_text(caption))
+                n_known += 1
+    assert n_known >= 10
+    assert "cut from" in capsys.readouterr().out
+
+    run(*args)
+    assert "tokenizer: up to date (bert-wordpiece, 150 tokens)" in capsys.readouterr().out
+    vocab_file.write_text(vocab_file.read_text() + "zebra\n")  # another vocabulary: cut again
+    run(*args)
+    out = capsys.readouterr().out
+    assert "tokenizer: bert-wordpiece, 150 tokens, cut from" in out and "captions tokenized" in out
+
+    with pytest.raises(SystemExit):
+        process_coco.parse_args(["--bert-vocab", str(vocab_file)])  # the default tokenizer is bpe
+    assert "--bert-vocab is for --tokenizer wordpiece, not bpe" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        process_coco.parse_args(["--tokenizer", "wordpiece", "--bert-vocab", str(tmp_path / "missing.txt")])
+    assert "missing.txt: no such file" in capsys.readouterr().err
