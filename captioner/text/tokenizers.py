@@ -1,8 +1,9 @@
 """Subword tokenizers for captions: BPE and WordPiece with ids, a word cache, and their file format.
 
-Every tokenizer sees text through ``captioner/text/normalize.py`` (lowercase, accents kept, words
+BPE and WordPiece see text through ``captioner/text/normalize.py`` (lowercase, accents kept, words
 cut into pre-tokens that remember whether a space came before them, so that decoding re-attaches
-punctuation: ``man's``, ``t-shirt``, ``3.5``, ``cube.``) and shares four special tokens with fixed ids::
+punctuation: ``man's``, ``t-shirt``, ``3.5``, ``cube.``); WordPiece on a BERT vocabulary
+(`BertWordPieceTokenizer`) sees it as BERT does. All share four special tokens with fixed ids::
 
     <pad> = 0   <sos> = 1   <eos> = 2   <unk> = 3
 
