@@ -2,6 +2,7 @@
 
     python process_coco.py                                  # synthetic shapes dataset, offline, < 1 min
     python process_coco.py --tokenizer wordpiece            # the same with a WordPiece tokenizer
+    python process_coco.py --tokenizer wordpiece --bert-vocab vocab.txt --vocab-size 15000   # BERT's pieces
     python process_coco.py --source coco                    # MS COCO 2017, downloaded into data/coco/raw
     python process_coco.py --source coco --coco-dir /datasets/coco2017   # a copy you already have
     python process_coco.py --source wit --wit-files shard1.json.gz shard2.json.gz   # WIT shards (retrieval)
@@ -14,7 +15,8 @@ The script runs in four numbered sections (see :func:`process`):
    WIT shards into the COCO layout (``captioner/data/wit.py``); then read and validate every annotation file.
    Or read Karpathy's split file of COCO, Flickr8k or Flickr30k, or Flickr8k's own text files
    (``captioner/data/karpathy.py``; docs/protocol.md), with the images in ``--image-dir``.
-2. Train the tokenizer on the *training* captions only.
+2. Train the tokenizer on the *training* captions only (or, with ``--bert-vocab``, keep the pieces of
+   that BERT vocabulary most frequent in them: ``captioner/text/bert_vocab.py``).
 3. For each split: pre-resize every image once into a uint8 cache at ``--image-size``, tokenize
    every caption and write the split's record.
 4. Write ``meta.json`` and print a summary, with the skipped items counted by reason.
@@ -40,6 +42,7 @@ temporary name with a stamp of its inputs, so a rerun redoes only what is missin
 """
 
 import argparse
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -116,6 +119,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", choices=("bpe", "wordpiece"), default="bpe", help="tokenizer kind (default: %(default)s)")
     parser.add_argument("--vocab-size", type=int, default=5000,
                         help="tokenizer vocabulary size, the 4 special tokens included (default: %(default)s)")
+    parser.add_argument("--bert-vocab", default=None, metavar="VOCAB_TXT",
+                        help="wordpiece: cut the pieces from this BERT vocab.txt (e.g. bert-base-uncased's) instead "
+                             "of learning them: --vocab-size tokens, the 4 specials included, first the characters "
+                             "that spell the training captions, then the pieces most frequent in them; text is then "
+                             "cut as BERT cuts it (accents stripped, punctuation split off)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the cached square images (default: 64 for shapes, 256 for the others); "
                              "shapes are also drawn at this size")
@@ -147,6 +155,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.source = args.source or "shapes"
     if args.source in ("wit", "karpathy", "flickr8k") and args.source not in named:
         parser.error(f"--source {args.source} needs --{SOURCE_OPTIONS[args.source][0].replace('_', '-')}")
+    if args.bert_vocab is not None:
+        if args.tokenizer != "wordpiece":
+            parser.error(f"--bert-vocab is for --tokenizer wordpiece, not {args.tokenizer}")
+        if not Path(args.bert_vocab).is_file():
+            parser.error(f"--bert-vocab {args.bert_vocab}: no such file")
     if (args.source in ("karpathy", "flickr8k")) != bool(args.image_dir):
         parser.error("--source karpathy and flickr8k need --image-dir (the folder of the images), and only they read it")
     return args
@@ -234,21 +247,26 @@ def process(args: argparse.Namespace) -> dict:
     train = next(split for split in splits if split.name == "train")
     train_captions = [c for captions in train.captions for c in captions]
     tokenizer_path = processed / "tokenizer.txt"
-    tokenizer_fp = fingerprint("tokenizer", TOKENIZER_VERSION, args.tokenizer, args.vocab_size, train_captions)
+    # The BERT vocabulary's hash joins the fingerprint only when given, so the other tokenizers' stay as they were.
+    bert_vocab = [hashlib.sha256(Path(args.bert_vocab).read_bytes()).hexdigest()] if args.bert_vocab else []
+    tokenizer_fp = fingerprint("tokenizer", TOKENIZER_VERSION, args.tokenizer, args.vocab_size, *bert_vocab,
+                               train_captions)
     if is_done(processed, tokenizer_path.name, tokenizer_fp):
         tokenizer = load_tokenizer(tokenizer_path)
         print(f"2. tokenizer: up to date ({tokenizer.kind}, {tokenizer.vocab_size} tokens)")
     else:
         stamp_path(processed, tokenizer_path.name).unlink(missing_ok=True)
         start = time.perf_counter()
-        with bar(None, f"training {args.tokenizer}", "merge") as b:
+        with bar(None, f"training {args.tokenizer}", "caption" if args.bert_vocab else "merge") as b:
             def merged(done, total):
                 b.total = total
                 b.update(done - b.n)
-            tokenizer = train_tokenizer(args.tokenizer, train_captions, args.vocab_size, progress=merged)
+            tokenizer = train_tokenizer(args.tokenizer, train_captions, args.vocab_size, progress=merged,
+                                        bert_vocab_file=args.bert_vocab)
         tokenizer.save(tokenizer_path)
         write_stamp(processed, tokenizer_path.name, {"fingerprint": tokenizer_fp})
-        print(f"2. tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens, trained on "
+        how = f"cut from {args.bert_vocab} by" if args.bert_vocab else "trained on"
+        print(f"2. tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens, {how} "
               f"{len(train_captions)} training captions [{time.perf_counter() - start:.1f} s]")
 
     # ---------------------------------------------------------------------------------------------

@@ -438,6 +438,28 @@ MUTANTS = [
     mutant("scst-encoder-always-trains", "train_scst.py",
            "raw_model.encoder.requires_grad_(cfg.scst.train_encoder)", "raw_model.encoder.requires_grad_(True)",
            ["tests/test_scst.py"], "scst.train_encoder: false still trains the encoder"),
+    # ---- WordPiece on a BERT vocabulary, against Hugging Face tokenizers
+    mutant("bert-accents-kept", "captioner/text/normalize.py",
+           'if unicodedata.category(ch) != "Mn")', 'if True)',
+           ["tests/test_bert_vocab.py"], "café stays café; BERT's uncased vocabulary has cafe"),
+    mutant("bert-final-sigma", "captioner/text/normalize.py",
+           'text = text.replace("\\u03a3", "\\u03c3").lower()', "text = text.lower()",
+           ["tests/test_bert_vocab.py"], "a word-final capital sigma lowercases to ς, Hugging Face gives σ"),
+    mutant("bert-format-chars-kept", "captioner/text/normalize.py",
+           'if ch == "\\ufffd" or unicodedata.category(ch)[0] == "C":', 'if ch == "\\ufffd" or ch == "\\x00":',
+           ["tests/test_bert_vocab.py"], "control and format characters (soft hyphen, zero-width joiner) kept"),
+    mutant("bert-long-words-encoded", "captioner/text/bert_vocab.py",
+           "MAX_INPUT_CHARS_PER_WORD = 100", "MAX_INPUT_CHARS_PER_WORD = 1000",
+           ["tests/test_bert_vocab.py"], "a word of over 100 characters is encoded, BERT gives [UNK]"),
+    mutant("bert-cut-by-line-only", "captioner/text/bert_vocab.py",
+           "key=lambda p: (-counts[p], line[p])", "key=lambda p: line[p]",
+           ["tests/test_bert_vocab.py"], "the cut keeps the first lines of vocab.txt, not the frequent pieces"),
+    mutant("bert-cut-counts-words-once", "captioner/text/bert_vocab.py",
+           "counts[piece] += count", "counts[piece] += 1",
+           ["tests/test_bert_vocab.py"], "a piece counts once per distinct word, not per occurrence"),
+    mutant("bert-cut-no-single-characters", "captioner/text/bert_vocab.py",
+           "needed.update(spelling if all(p in vocab for p in spelling) else word_pieces)", "pass",
+           ["tests/test_bert_vocab.py"], "training words become [UNK] after the cut"),
 ]
 
 

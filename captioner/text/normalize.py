@@ -35,6 +35,11 @@ Shapes captions are plain words with ``,`` and ``.`` after them: ``"a red cube, 
 ``▁a ▁red ▁cube , ▁a ▁ball .``.
 
 Text that holds ``▁`` itself reads it as a space (the marker cannot be told apart from it).
+
+`bert_words` is the other way in, for a tokenizer on bert-base-uncased's vocabulary
+(`captioner.text.bert_vocab`): BERT's own normalisation and pre-tokenization, which drops
+accents and splits every punctuation mark off (``man ' s``), because that vocabulary was
+made that way and its pieces mean nothing otherwise.
 """
 
 import re
@@ -101,3 +106,67 @@ def count_pretokens(word_counts: Mapping[str, int]) -> Counter:
         for piece in pretokenize(word):
             counts[piece] += n
     return counts
+
+
+# BERT's "Chinese characters": the CJK ideograph blocks (not kana or hangul), each a word of its own.
+_BERT_CJK = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
+             (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+
+# An ASCII word cut at BERT's punctuation: every ASCII character that is not a letter, digit or space.
+_BERT_ASCII_WORD = re.compile(r"[!-/:-@\[-`{-~]|[^!-/:-@\[-`{-~]+")
+
+
+def _bert_clean(ch: str) -> str:
+    """What BERT's normaliser makes of one character before accents and case (see `bert_words`)."""
+    if ch in "\t\n\r":
+        return " "
+    if ch == "\ufffd" or unicodedata.category(ch)[0] == "C":
+        return ""
+    cp = ord(ch)
+    if any(lo <= cp <= hi for lo, hi in _BERT_CJK):
+        return f" {ch} "
+    return ch
+
+
+def _is_bert_punctuation(ch: str) -> bool:
+    if ch.isascii():
+        return not (ch.isalnum() or ch.isspace())
+    return unicodedata.category(ch)[0] == "P"
+
+
+def bert_words(text: str) -> list[str]:
+    """Text cut into words as bert-base-uncased's tokenizer cuts it, before its WordPiece model.
+
+    This follows Hugging Face `tokenizers`' ``BertNormalizer`` (its defaults with
+    ``lowercase=True``) and ``BertPreTokenizer``, in their order:
+
+    1. clean: control and format characters (Unicode categories C*: Cc, Cf, Co, Cn, Cs), NUL and
+       U+FFFD are removed; tab, newline and carriage return become spaces (a vertical tab is Cc,
+       so it is removed and joins its neighbours);
+    2. each CJK ideograph gets a space on both sides;
+    3. accents are stripped: NFD, then every nonspacing mark (Mn) removed;
+    4. lowercase, character by character (a final ``Σ`` gives ``σ``, not ``ς``);
+    5. split on whitespace, then every punctuation character is a word of its own: ASCII
+       punctuation and symbols (``$ + < = > ^ ` | ~`` included) and Unicode categories P*.
+       Other symbols (``°``, ``€``, ``©``) stay inside their word.
+
+    >>> bert_words("A man's T-shirt, 3.5 m (Café)!")
+    ['a', 'man', "'", 's', 't', '-', 'shirt', ',', '3', '.', '5', 'm', '(', 'cafe', ')', '!']
+    """
+    if text.isascii():  # no accents, ideographs or non-ASCII punctuation to look at
+        if not text.isprintable():
+            text = "".join(_bert_clean(ch) for ch in text)
+        return [piece for chunk in text.lower().split() for piece in _BERT_ASCII_WORD.findall(chunk)]
+    text = "".join(_bert_clean(ch) for ch in text)
+    text = "".join(ch for ch in unicodedata.normalize("NFD", text) if unicodedata.category(ch) != "Mn")
+    text = text.replace("\u03a3", "\u03c3").lower()  # Python would lowercase a word-final sigma to ς
+    words = []
+    for chunk in text.split():
+        start = 0
+        for i, ch in enumerate(chunk):
+            if _is_bert_punctuation(ch):
+                words.extend(w for w in (chunk[start:i], ch) if w)
+                start = i + 1
+        if start < len(chunk):
+            words.append(chunk[start:])
+    return words

@@ -1,8 +1,9 @@
 """Subword tokenizers for captions: BPE and WordPiece with ids, a word cache, and their file format.
 
-Every tokenizer sees text through ``captioner/text/normalize.py`` (lowercase, accents kept, words
+BPE and WordPiece see text through ``captioner/text/normalize.py`` (lowercase, accents kept, words
 cut into pre-tokens that remember whether a space came before them, so that decoding re-attaches
-punctuation: ``man's``, ``t-shirt``, ``3.5``, ``cube.``) and shares four special tokens with fixed ids::
+punctuation: ``man's``, ``t-shirt``, ``3.5``, ``cube.``); WordPiece on a BERT vocabulary
+(`BertWordPieceTokenizer`) sees it as BERT does. All share four special tokens with fixed ids::
 
     <pad> = 0   <sos> = 1   <eos> = 2   <unk> = 3
 
@@ -17,7 +18,7 @@ module adds ids, a per-word cache and saving/loading.
 
 File format (UTF-8 text, one item per line)::
 
-    captioner-tokenizer v2 bpe        header: magic, version, kind ("bpe" or "wordpiece")
+    captioner-tokenizer v2 bpe        header: magic, version, kind ("bpe", "wordpiece", "bert-wordpiece")
     tokens 21                         the vocabulary, in id order, specials first
     <pad>
     ...
@@ -36,8 +37,8 @@ from operator import index
 from pathlib import Path
 
 from captioner.infra.fileio import atomic_write_bytes
-from captioner.text import bpe, wordpiece
-from captioner.text.normalize import count_pretokens, count_words, normalize_text, pretokenize
+from captioner.text import bert_vocab, bpe, wordpiece
+from captioner.text.normalize import bert_words, count_pretokens, count_words, normalize_text, pretokenize
 
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 
@@ -244,15 +245,86 @@ class WordPieceTokenizer(_SubwordTokenizer):
         return wordpiece.join_tokens(tokens)
 
 
-_KINDS: dict[str, type[_SubwordTokenizer]] = {"bpe": BPETokenizer, "wordpiece": WordPieceTokenizer}
+class BertWordPieceTokenizer(WordPieceTokenizer):
+    """WordPiece on bert-base-uncased's vocabulary, cut to the captions (see `captioner.text.bert_vocab`).
+
+    Encoding gives the pieces Hugging Face's ``BertWordPieceTokenizer(lowercase=True)`` gives with the
+    same vocabulary (`to_vocab_text` writes it; its specials are only matched as ids here, never as
+    text: a caption holding ``[SEP]`` spells it out). Text is cut the BERT way
+    (`captioner.text.normalize.bert_words`): accents stripped, every punctuation mark a word of its
+    own. So, unlike the other kinds, decoding cannot tell ``man's`` from ``man ' s``: it guesses the
+    spaces back (`bert_vocab.join_words`), and gives ``cafe``, not ``café``.
+
+    >>> tok = BertWordPieceTokenizer(["a", "man", "##s", "'", "s", "t", "-", "shirt", "."])
+    >>> [tok.id_to_token(i) for i in tok.encode("A man's T-shirt.")]
+    ['a', 'man', "'", 's', 't', '-', 'shirt', '.']
+    >>> tok.decode(tok.encode("A man's T-shirt."))
+    "a man's t-shirt."
+    """
+
+    kind = "bert-wordpiece"
+
+    @classmethod
+    def from_vocab_file(cls, path: str | os.PathLike) -> "BertWordPieceTokenizer":
+        """The whole vocabulary of a BERT ``vocab.txt`` (`bert_vocab.read_vocab`); `train` cuts it."""
+        return cls(bert_vocab.read_vocab(path))
+
+    def train(
+        self, texts: Iterable[str], vocab_size: int, progress: Callable[[int, int], None] | None = None
+    ) -> "BertWordPieceTokenizer":
+        """Keep the `vocab_size` tokens (specials included) that `bert_vocab.cut_vocab` picks for `texts`.
+
+        Returns self.
+        """
+        pieces = self._tokens[len(SPECIAL_TOKENS) :]
+        self._set_vocab(bert_vocab.cut_vocab(pieces, texts, vocab_size - len(SPECIAL_TOKENS), progress))
+        return self
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, cut into words by `bert_words`; no special tokens are added."""
+        ids: list[int] = []
+        cache = self._cache
+        for word in bert_words(text):
+            word_ids = cache.get(word)
+            if word_ids is None:
+                pieces = bert_vocab.encode(word, self._ids, self._max_piece_chars)
+                word_ids = [UNK_ID] if pieces is None else [self._ids[piece] for piece in pieces]
+                if len(cache) < _CACHE_LIMIT:
+                    cache[word] = word_ids
+            ids.extend(word_ids)
+        return ids
+
+    def _join(self, tokens: list[str]) -> str:
+        text = wordpiece.join_tokens(tokens)
+        return bert_vocab.join_words(text.split(" ")) if text else ""
+
+    def to_vocab_text(self) -> str:
+        """The vocabulary as a BERT ``vocab.txt``, ids unchanged: ``[PAD] [CLS] [SEP] [UNK]``, then the pieces."""
+        return bert_vocab.to_vocab_text(self._tokens)
+
+
+_KINDS: dict[str, type[_SubwordTokenizer]] = {
+    "bpe": BPETokenizer, "wordpiece": WordPieceTokenizer, "bert-wordpiece": BertWordPieceTokenizer}
 
 
 def train_tokenizer(
-    kind: str, texts: Iterable[str], vocab_size: int, progress: Callable[[int, int], None] | None = None
+    kind: str,
+    texts: Iterable[str],
+    vocab_size: int,
+    progress: Callable[[int, int], None] | None = None,
+    bert_vocab_file: str | os.PathLike | None = None,
 ) -> BPETokenizer | WordPieceTokenizer:
-    """Train a new tokenizer of `kind` ("bpe" or "wordpiece") on `texts`."""
-    if kind not in _KINDS:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of {sorted(_KINDS)}")
+    """Train a new tokenizer of `kind` ("bpe" or "wordpiece") on `texts`.
+
+    With `bert_vocab_file` (kind "wordpiece" only) the vocabulary is not learned but cut from that
+    BERT ``vocab.txt``: a `BertWordPieceTokenizer`.
+    """
+    if kind not in ("bpe", "wordpiece"):
+        raise ValueError(f"unknown tokenizer kind {kind!r}; expected one of ['bpe', 'wordpiece']")
+    if bert_vocab_file is not None:
+        if kind != "wordpiece":
+            raise ValueError(f"a BERT vocabulary ({bert_vocab_file}) is for the wordpiece tokenizer, not {kind}")
+        return BertWordPieceTokenizer.from_vocab_file(bert_vocab_file).train(texts, vocab_size, progress)
     return _KINDS[kind]().train(texts, vocab_size, progress)
 
 
@@ -311,7 +383,7 @@ def _parse(text: str) -> BPETokenizer | WordPieceTokenizer:
             raise ValueError("a merge line is not two tokens separated by one space")
         tokenizer = BPETokenizer(tokens[len(SPECIAL_TOKENS) :], merges)
     else:
-        tokenizer = WordPieceTokenizer(tokens[len(SPECIAL_TOKENS) :])
+        tokenizer = _KINDS[kind](tokens[len(SPECIAL_TOKENS) :])
     if pos != len(lines):
         raise ValueError(f"unexpected content at line {pos + 1}")
     return tokenizer
