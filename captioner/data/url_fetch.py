@@ -36,11 +36,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -79,6 +79,7 @@ class FetchSettings:
     max_pixels: int = MAX_IMAGE_PIXELS  # an image whose header claims more is refused undecoded
     max_redirects: int = 5
     concurrency: int = 16  # fetches in flight at once (threads)
+    draft_size: int | None = None  # decode a JPEG at 1/2..1/8 scale while its shorter side stays >= this
     user_agent: str = "image-captioner-url-fetcher/1.0"
 
     def __post_init__(self):
@@ -178,7 +179,7 @@ class UrlFetcher:
                 return Fetched(url, None, None, skip.reason, f"{url}: {skip.detail}")
             break
         try:
-            image = image_from_bytes(data, url, max_pixels=self.settings.max_pixels)
+            image = image_from_bytes(data, url, self.settings.draft_size, self.settings.max_pixels)
         except TooManyPixelsError as e:
             return Fetched(url, None, None, TOO_MANY_PIXELS, str(e))
         except BadImageError as e:
@@ -264,7 +265,7 @@ class UrlFetcher:
             return None
         data = path.read_bytes()
         try:
-            image = image_from_bytes(data, path, max_pixels=self.settings.max_pixels)
+            image = image_from_bytes(data, path, self.settings.draft_size, self.settings.max_pixels)
         except BadImageError:
             return None  # damaged since it was written (it is written whole): fetch it again
         return Fetched(url, data, image, None, from_cache=True)
@@ -277,18 +278,24 @@ class UrlFetcher:
 
     # ---- many URLs -----------------------------------------------------------------------------------
 
-    def fetch_all(self, urls: Iterable[str]) -> Iterator[Fetched]:
-        """Fetch ``urls`` with ``concurrency`` threads; yields one :class:`Fetched` per URL, in their order.
+    def fetch_all(self, urls: Iterable[str], prepare: Callable[[Fetched], Any] | None = None) -> Iterator:
+        """Fetch ``urls`` with ``concurrency`` threads; yields one :class:`Fetched` per URL, in their order,
+        or ``prepare(fetched)`` when given (run in the fetching thread: e.g. resizing the image).
 
         At most ``2 * concurrency`` fetches are submitted ahead of the one being yielded, so memory stays
-        bounded however long the list; a slow URL holds back the yield, not the other fetches.
+        bounded however long the list; a slow URL holds back the yield, not the other fetches, and the
+        threads keep fetching while the caller works on what it was given.
         """
+        def task(url: str):
+            result = self.fetch(url)
+            return result if prepare is None else prepare(result)
+
         window = 2 * self.settings.concurrency
         pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="fetch")
         pending = deque()
         try:
             for url in urls:
-                pending.append(pool.submit(self.fetch, url))
+                pending.append(pool.submit(task, url))
                 if len(pending) >= window:
                     yield pending.popleft().result()
             while pending:
