@@ -11,10 +11,11 @@ an exception::
     >>> for result in fetcher.fetch_all(urls):          # in the order of ``urls``   # doctest: +SKIP
     ...     print(result.url, result.reason or result.image.size)
 
-One attempt at a URL has ``timeout`` seconds for everything (connecting, the headers, the whole body):
-the body is read in chunks and the clock is checked after each, so a server that drips a byte a
-second is cut off as surely as one that stalls (a stalled read itself ends after ``timeout`` seconds
-of silence, so an attempt never takes more than twice ``timeout``). Timeouts, 5xx, 408, 429, refused
+One attempt at a URL has ``timeout`` seconds for the whole reply: the body is read one receive at a
+time and the clock is checked after each, so a server that drips a byte a second is cut off as surely
+as one that stalls (a stalled receive ends after ``timeout`` seconds of silence). Connecting and
+reading the headers are bounded by that silence limit per receive only (http.client reads the
+headers itself), so a server that drips its *headers* can hold an attempt longer. Timeouts, 5xx, 408, 429, refused
 or reset connections and truncated bodies are retried ``retries`` times, sleeping
 ``backoff * 2**attempt`` seconds in between, as :func:`captioner.infra.download.download_file` does.
 Everything else fails at once. Redirects are followed by hand (up to ``max_redirects``, http and https
