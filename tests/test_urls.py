@@ -138,10 +138,17 @@ def test_every_fault_is_counted_by_its_reason_and_the_good_images_arrive_in_orde
     assert seconds < 4, seconds
 
 
-def test_a_refused_connection_and_a_non_http_url_are_counted():
+def test_a_refused_connection_and_urls_that_cannot_be_sent_are_counted():
     fetcher = UrlFetcher(FetchSettings(timeout=1, retries=0))
     assert fetcher.fetch("http://127.0.0.1:9/x.png").reason == CONNECTION_FAILED  # the discard port: nothing listens
-    assert fetcher.fetch("file:///etc/passwd").reason == NOT_HTTP
+    for url in ("file:///etc/passwd", "http://[::1/x.png", "http://127.0.0.1:x/a.png"):
+        assert fetcher.fetch(url).reason == NOT_HTTP, url
+
+
+def test_a_url_with_spaces_and_accents_is_sent_percent_encoded():
+    with UrlServer({"/caf%C3%A9%20noir.png": png(COLOURS["blue"])}) as s:
+        result = UrlFetcher(SETTINGS).fetch(s.url("/café noir.png"))
+    assert result.reason is None and result.image.getpixel((0, 0)) == COLOURS["blue"]
 
 
 def test_a_redirect_chain_longer_than_the_limit_is_a_loop(server):

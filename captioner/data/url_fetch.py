@@ -60,7 +60,7 @@ TOO_MANY_BYTES = "URL body over the byte limit"
 TOO_MANY_PIXELS = "URL image over the pixel limit (decompression bomb)"
 NOT_AN_IMAGE = "URL payload is not an image that decodes"
 REDIRECT_LOOP = "URL redirects in a loop or too many times"
-NOT_HTTP = "URL is not http(s)"
+NOT_HTTP = "URL is not a valid http(s) URL"
 
 # Content types that may hold an image: image/*, and the generic binary types that many servers send
 # for every file. Anything else (text/html: an error page; application/json) is refused unread.
@@ -126,9 +126,26 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def is_http_url(url: str) -> bool:
-    """``"https://a.org/x.jpg" -> True``; ``"file:///etc/passwd"``, ``"a.org/x.jpg"`` -> False."""
-    parts = urllib.parse.urlsplit(url)
+    """``"https://a.org/x.jpg" -> True``; ``"file:///etc/passwd"``, ``"a.org/x.jpg"``, ``"http://[::1"`` -> False."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+# Characters left as they are when a URL is percent-encoded: the reserved ones, and % itself (an
+# already encoded URL stays the same)
+URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+def encoded_url(url: str) -> str:
+    """The URL with spaces and non-ASCII characters percent-encoded, as a browser sends it.
+
+    >>> encoded_url("http://a.org/café au lait.jpg?size=2")
+    'http://a.org/caf%C3%A9%20au%20lait.jpg?size=2'
+    """
+    return urllib.parse.quote(url, safe=URL_SAFE)
 
 
 def cache_key(url: str) -> str:
@@ -203,7 +220,7 @@ class UrlFetcher:
         """One request for ``url``, within ``timeout`` seconds; the body's bytes, or _Skip / _Redirect."""
         settings = self.settings
         deadline = time.monotonic() + settings.timeout
-        request = urllib.request.Request(url, headers={"User-Agent": settings.user_agent})
+        request = urllib.request.Request(encoded_url(url), headers={"User-Agent": settings.user_agent})
         try:
             response = self._opener.open(request, timeout=settings.timeout)
         except urllib.error.HTTPError as e:
@@ -217,6 +234,8 @@ class UrlFetcher:
                 # 408 (request timeout) and 429 (too many requests) may pass on a later attempt
                 raise _Skip(TIMEOUT if e.code == 408 else HTTP_4XX, f"HTTP {e.code}",
                             transient=e.code in (408, 429)) from None
+        except (ValueError, http.client.InvalidURL) as e:  # a URL that cannot be sent (e.g. a port that is no number)
+            raise _Skip(NOT_HTTP, f"{type(e).__name__}: {e}") from None
         except (TimeoutError, urllib.error.URLError, ConnectionError, http.client.HTTPException, OSError) as e:
             reason = getattr(e, "reason", e)
             if isinstance(e, TimeoutError) or isinstance(reason, TimeoutError):
