@@ -12,8 +12,8 @@ from url_server import UrlServer
 import process_coco
 import train_captioner
 import train_retrieval
-from captioner.config import ViTConfig, config_to_dict
-from captioner.data.url_stream import describe_skips
+from captioner.config import ConfigError, UrlDataConfig, ViTConfig, config_to_dict
+from captioner.data.url_stream import describe_skips, url_caption_loader
 
 VIT = ViTConfig(image_size=16, patch_size=8, width=16, depth=1, heads=2)
 N_GOOD = 29  # + 11 faults = 40 images: 5 blocks of 8, so every image is in every epoch
@@ -117,3 +117,10 @@ def test_the_cache_keeps_an_epoch_of_images_for_the_next(setup):
 def test_describe_skips_lists_the_most_frequent_first():
     assert describe_skips({}) == "none"
     assert describe_skips({"b": 1, "a": 2, "c": 1}) == "2 a; 1 b; 1 c"
+
+
+def test_a_stream_without_a_list_or_with_length_groups_is_refused():
+    with pytest.raises(ConfigError, match="data.url_file: data.source is urls, but no URL list is named"):
+        url_caption_loader(UrlDataConfig(source="urls"), tokenizer=None, seed=0)
+    with pytest.raises(ConfigError, match="data.group_by_length"):
+        url_caption_loader(UrlDataConfig(source="urls", url_file="x.tsv", group_by_length=True), None, 0)

@@ -23,6 +23,8 @@ import time
 import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from http_server import LocalServer
+
 
 def png_header_only(width, height):
     """A PNG that claims ``width x height`` pixels in a few dozen bytes (a decompression bomb)."""
@@ -44,7 +46,7 @@ class _Server(ThreadingHTTPServer):
         pass  # a client that hangs up on a stalled, dripping or huge answer is what the faults are for
 
 
-class UrlServer:
+class UrlServer(LocalServer):
     """Serves ``images`` (``{"/name.png": bytes}``) and the fault paths of the module docstring."""
 
     def __init__(self, images, latency=0.0, slow=0.3, flaky_failures=1, huge_bytes=2_000_000):
@@ -54,21 +56,11 @@ class UrlServer:
         self._flaky = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
-
-    def url(self, path=""):
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
+        super().__init__(self._handler(), _Server)
 
     def __exit__(self, *exc):
-        self._stop.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        self._stop.set()  # the stalled and dripping answers end, so their threads do
+        super().__exit__(*exc)
 
     def count(self, path):
         with self._lock:
