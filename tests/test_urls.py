@@ -216,3 +216,13 @@ def test_pre_download_writes_the_coco_layout_and_a_rerun_fetches_only_what_is_mi
     asked = query_server.requests[len(before):]
     assert sorted(asked) == sorted([*FAULT_REASONS, "/fault/loop2"])  # the failures alone, each once again
     assert again["skipped_counts"] == faults and again["splits"] == meta["splits"]
+
+    # an edited list: image 4 (val) is another URL now, and a blue picture, so it is fetched again
+    lines = (tmp_path / "list.jsonl").read_text().splitlines()
+    lines[3] = json.dumps({"url": query_server.url("/blue.png?3"), "caption": "a blue picture"})
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    before = len(query_server.requests)
+    process_coco.main(argv)
+    assert "/blue.png?3" in query_server.requests[before:]
+    record, images = read_split(tmp_path / "urls" / "processed", "val")
+    assert record["captions"][0] == ["a blue picture"] and tuple(images[0, 8, 8]) == (0, 0, 255)

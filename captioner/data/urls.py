@@ -161,13 +161,27 @@ def read_url_list(path: str | Path, skips: SkipLog, url_column: str = "url", cap
 LAYOUT = {"train": ("train2017", "captions_train2017.json"), "val": ("val2017", "captions_val2017.json")}
 
 
+def recorded_urls(out_dir: str | Path) -> dict[int, str]:
+    """``{image id: URL}`` from the caption files of an earlier pre-download into ``out_dir`` (empty if none)."""
+    urls = {}
+    for _, annotation_file in LAYOUT.values():
+        path = Path(out_dir) / "annotations" / annotation_file
+        try:
+            images = json.loads(path.read_text(encoding="utf-8")).get("images", [])
+        except (OSError, ValueError, AttributeError):
+            continue  # none yet, or unreadable: the files present are trusted
+        urls.update({image["id"]: image["url"] for image in images if isinstance(image, dict) and "url" in image})
+    return urls
+
+
 def urls_to_coco_layout(items: list[UrlItem], out_dir: str | Path, fetcher: UrlFetcher, skips: SkipLog,
                         val_every: int = 10, progress: Callable[[int], object] | None = None) -> dict:
     """Fetch the images of ``items`` into a COCO 2017 layout in ``out_dir``; return counts.
 
     Image ``k`` (counting the list's images from 1, failed ones included, so that an image keeps its id
     and file name whatever fails) goes to val when ``k % val_every == 0``. An image file already there
-    is not fetched again, so a rerun fetches only what is missing: the failures of the last run. The
+    is not fetched again, so a rerun fetches only what is missing: the failures of the last run. (A file
+    whose id the last run's caption files gave another URL, from an edited list, is fetched again.) The
     caption files list the images present. Returns ``{"train": n, "val": n, "fetched": n, "kept": n,
     "failed": n}``; each failure goes to ``skips`` with its reason and ``progress(1)`` is called per item.
     """
@@ -180,6 +194,10 @@ def urls_to_coco_layout(items: list[UrlItem], out_dir: str | Path, fetcher: UrlF
     for image_id, item in enumerate(items, start=1):
         split = "val" if image_id % val_every == 0 else "train"
         paths.append(out_dir / LAYOUT[split][0] / f"{image_id:012d}{image_extension(item.url)}")
+    before = recorded_urls(out_dir)
+    for image_id, (item, path) in enumerate(zip(items, paths), start=1):
+        if before.get(image_id, item.url) != item.url:
+            path.unlink(missing_ok=True)  # the list was edited: this id is another image now
     missing = [i for i, path in enumerate(paths) if not path.is_file()]
     counts = {"fetched": 0, "kept": len(items) - len(missing), "failed": 0}
     if progress is not None and counts["kept"]:
