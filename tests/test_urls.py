@@ -16,6 +16,7 @@ from captioner.data.image_io import TooManyPixelsError, image_from_bytes
 from captioner.data.processed import read_split
 from captioner.data.url_fetch import (
     CONNECTION_FAILED,
+    HTTP_4XX,
     HTTP_404,
     HTTP_5XX,
     NOT_AN_IMAGE,
@@ -44,6 +45,7 @@ def png(colour, size=(40, 30)):
 # Each fault path with the reason a fetch must give it (written here, not taken from the code's tables)
 FAULT_REASONS = {
     "/fault/404": HTTP_404,
+    "/fault/403": HTTP_4XX,
     "/fault/500": HTTP_5XX,
     "/fault/stall": TIMEOUT,
     "/fault/drip": TIMEOUT,
@@ -133,7 +135,7 @@ def test_every_fault_is_counted_by_its_reason_and_the_good_images_arrive_in_orde
     assert colours == {"/red.png": COLOURS["red"], "/green.png": COLOURS["green"],
                        **{p: COLOURS[c] for p, c in RECOVERED.items()}}
     assert server.count("/fault/500") == 2 and server.count("/fault/flaky/green.png") == 2  # retried once
-    assert server.count("/fault/404") == 1  # a 404 is final
+    assert server.count("/fault/404") == 1 and server.count("/fault/403") == 1  # a 404 or 403 is final
     # stall and drip: two attempts of 0.6 s each at most (plus a stalled read's own 0.6 s), in parallel
     assert seconds < 4, seconds
 

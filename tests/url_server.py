@@ -6,7 +6,7 @@ list meets (tests/test_urls.py, bench/bench_urls.py).
 
 Paths:
 ``/<name>`` in ``images``: the bytes, as ``image/png`` (after ``latency`` seconds, as every answer).
-``/fault/404``, any unknown path: 404. ``/fault/500``: always 500. ``/fault/flaky/<name>``: 500 the first
+``/fault/404``, any unknown path: 404. ``/fault/403``: 403. ``/fault/500``: always 500. ``/fault/flaky/<name>``: 500 the first
 ``flaky_failures`` times for each name, then image ``/<name>``. ``/fault/slow/<name>``: image ``/<name>``
 after ``slow`` more seconds. ``/fault/stall``: headers, then nothing until the server stops.
 ``/fault/drip``: a byte every 0.05 s, for far longer than any test's timeout. ``/fault/truncated``: half
@@ -33,9 +33,6 @@ def png_header_only(width, height):
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 16)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-FAULTS = ("404", "500", "stall", "drip", "truncated", "text", "notimage", "huge", "bomb", "loop")
 
 
 class _Server(ThreadingHTTPServer):
@@ -96,6 +93,8 @@ class UrlServer(LocalServer):
                 name = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else None
                 if path in server.images:
                     self.send(200, server.images[path])
+                elif path == "/fault/403":
+                    self.send(403, b"forbidden", "text/plain")
                 elif path == "/fault/500":
                     self.send(500, b"server error", "text/plain")
                 elif path.startswith("/fault/flaky/") and name in server.images:

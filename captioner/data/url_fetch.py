@@ -50,7 +50,7 @@ from captioner.infra.fileio import atomic_write_bytes
 
 # Skip reasons, as counted in a SkipLog (captioner/data/coco_annotations.py) and in the logs.
 HTTP_404 = "URL answered HTTP 404 (not found)"
-HTTP_4XX = "URL answered another HTTP 4xx (client error)"
+HTTP_4XX = "URL answered another HTTP error (4xx, or 3xx without a Location)"
 HTTP_5XX = "URL answered HTTP 5xx (server error), every retry too"
 TIMEOUT = "URL timed out, every retry too"
 CONNECTION_FAILED = "URL connection failed, every retry too"
