@@ -6,13 +6,15 @@
     python process_coco.py --source coco                    # MS COCO 2017, downloaded into data/coco/raw
     python process_coco.py --source coco --coco-dir /datasets/coco2017   # a copy you already have
     python process_coco.py --source wit --wit-files shard1.json.gz shard2.json.gz   # WIT shards (retrieval)
+    python process_coco.py --source urls --url-file cc3m.tsv.gz   # a URL-caption list, fetched once (docs/urls.md)
     python process_coco.py --karpathy-file dataset_flickr8k.json --image-dir Flicker8k_Dataset   # Karpathy's splits
     python process_coco.py --flickr8k-dir Flickr8k_text --image-dir Flicker8k_Dataset   # Flickr8k as distributed
 
 The script runs in four numbered sections (see :func:`process`):
 
 1. Get images and captions: generate the shapes dataset, download COCO, use ``--coco-dir``, or unpack
-   WIT shards into the COCO layout (``captioner/data/wit.py``); then read and validate every annotation file.
+   WIT shards into the COCO layout (``captioner/data/wit.py``), or fetch the images of a URL-caption list into
+   it (``captioner/data/urls.py``); then read and validate every annotation file.
    Or read Karpathy's split file of COCO, Flickr8k or Flickr30k, or Flickr8k's own text files
    (``captioner/data/karpathy.py``; docs/protocol.md), with the images in ``--image-dir``.
 2. Train the tokenizer on the *training* captions only (or, with ``--bert-vocab``, keep the pieces of
@@ -61,6 +63,8 @@ from captioner.data.processed import (
     write_split_json,
 )
 from captioner.data.shapes import generate_shapes_dataset
+from captioner.data.url_fetch import FetchSettings, UrlFetcher
+from captioner.data.urls import FORMATS, read_url_list, urls_to_coco_layout
 from captioner.data.wit import wit_to_coco_layout
 from captioner.infra.download import COCO_FILES, DownloadError, fetch_coco
 from captioner.infra.stamps import (
@@ -73,9 +77,10 @@ from captioner.infra.stamps import (
 from captioner.text.tokenizers import VERSION as TOKENIZER_VERSION
 from captioner.text.tokenizers import load_tokenizer, train_tokenizer
 
-DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256, "wit": 256, "karpathy": 256, "flickr8k": 256}
+DEFAULT_IMAGE_SIZE = {"shapes": 64, "coco": 256, "wit": 256, "urls": 256, "karpathy": 256, "flickr8k": 256}
 # The options that name each source's data: giving one of them picks that source.
-SOURCE_OPTIONS = {"coco": ("coco_dir", "base_url"), "wit": ("wit_files",), "karpathy": ("karpathy_file",),
+SOURCE_OPTIONS = {"coco": ("coco_dir", "base_url"), "wit": ("wit_files",), "urls": ("url_file",),
+                  "karpathy": ("karpathy_file",),
                   "flickr8k": ("flickr8k_dir",)}
 MAX_LISTED_PER_REASON = 10  # skipped items printed per reason; meta.json lists them all
 
@@ -88,10 +93,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source", choices=tuple(DEFAULT_IMAGE_SIZE), default=None,
                         help="shapes (the default): generate the synthetic dataset, offline; coco: MS COCO 2017 "
                              "(the default when --coco-dir or --base-url is given); wit: the WIT shards of "
-                             "--wit-files (the default when it is given); karpathy: Karpathy's split file "
+                             "--wit-files (the default when it is given); urls: the URL-caption list --url-file, "
+                             "fetched into <data-dir>/raw (the default when it is given); karpathy: Karpathy's "
+                             "split file "
                              "--karpathy-file; flickr8k: Flickr8k's text files in --flickr8k-dir")
     parser.add_argument("--data-dir", default=None,
-                        help="where raw/ and processed/ go (default: data/shapes, data/coco, data/wit, data/flickr8k; "
+                        help="where raw/ and processed/ go (default: data/shapes, data/coco, data/wit, data/urls, "
+                             "data/flickr8k; "
                              "karpathy: data/coco_karpathy, data/flickr8k or data/flickr30k after the file's name)")
     parser.add_argument("--karpathy-file", default=None, metavar="JSON",
                         help="Karpathy's dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json "
@@ -110,6 +118,32 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "unpacked into <data-dir>/raw in the COCO layout, every --wit-val-every-th image in val")
     parser.add_argument("--wit-val-every", type=int, default=10,
                         help="wit: every N-th good line goes to the validation split (default: %(default)s)")
+    parser.add_argument("--url-file", default=None, metavar="LIST",
+                        help="a URL-caption list: TSV, CSV or JSON lines, gzipped or not (docs/urls.md); its images "
+                             "are fetched into <data-dir>/raw in the COCO layout, every --url-val-every-th in val. "
+                             "A rerun fetches only the images not there yet")
+    parser.add_argument("--url-format", choices=FORMATS, default="auto",
+                        help="urls: the list's format (default: auto, from the file name or the first line)")
+    parser.add_argument("--url-column", default="url",
+                        help="urls: the URL's column or JSON key (a 0-based number: a file without a header row; "
+                             "default: %(default)s)")
+    parser.add_argument("--caption-column", default="caption",
+                        help="urls: the caption's column or JSON key (default: %(default)s)")
+    parser.add_argument("--url-val-every", type=int, default=10,
+                        help="urls: every N-th image of the list goes to the validation split (default: %(default)s)")
+    parser.add_argument("--fetch-concurrency", type=int, default=FetchSettings.concurrency,
+                        help="urls: images fetched at once (default: %(default)s)")
+    parser.add_argument("--fetch-timeout", type=float, default=FetchSettings.timeout,
+                        help="urls: seconds for one attempt at an image, the whole body included "
+                             "(default: %(default)s)")
+    parser.add_argument("--fetch-retries", type=int, default=FetchSettings.retries,
+                        help="urls: further attempts after a timeout, an HTTP 5xx or a cut connection "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-image-bytes", type=int, default=FetchSettings.max_bytes,
+                        help="urls: larger payloads are skipped (default: %(default)s)")
+    parser.add_argument("--max-image-pixels", type=int, default=FetchSettings.max_pixels,
+                        help="urls: images whose header claims more pixels are skipped undecoded "
+                             "(default: %(default)s)")
     parser.add_argument("--coco-dir", default=None,
                         help="use an existing COCO 2017 copy (train2017/, val2017/, annotations/, ...) "
                              "instead of downloading it into <data-dir>/raw")
@@ -153,7 +187,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                          f"but --source {args.source} {doing}: drop one of them")
         args.source = source
     args.source = args.source or "shapes"
-    if args.source in ("wit", "karpathy", "flickr8k") and args.source not in named:
+    if args.source in ("wit", "urls", "karpathy", "flickr8k") and args.source not in named:
         parser.error(f"--source {args.source} needs --{SOURCE_OPTIONS[args.source][0].replace('_', '-')}")
     if args.bert_vocab is not None:
         if args.tokenizer != "wordpiece":
@@ -220,6 +254,18 @@ def process(args: argparse.Namespace) -> dict:
         print(f"1. WIT: {counts['train']} training and {counts['val']} validation images from "
               f"{len(args.wit_files)} shards in {coco_dir}, {len(skips.items)} lines skipped "
               f"[{time.perf_counter() - start:.1f} s]")
+    elif args.source == "urls":
+        coco_dir = data_dir / "raw"
+        start = time.perf_counter()
+        items = read_url_list(args.url_file, skips, args.url_column, args.caption_column, args.url_format)
+        fetcher = UrlFetcher(FetchSettings(timeout=args.fetch_timeout, retries=args.fetch_retries,
+                                           max_bytes=args.max_image_bytes, max_pixels=args.max_image_pixels,
+                                           concurrency=args.fetch_concurrency))
+        with bar(len(items), "fetching images", "img") as b:
+            counts = urls_to_coco_layout(items, coco_dir, fetcher, skips, args.url_val_every, b.update)
+        print(f"1. URL list {args.url_file}: {len(items)} images, {counts['kept']} already in {coco_dir}, "
+              f"{counts['fetched']} fetched, {counts['failed']} failed; {counts['train']} training and "
+              f"{counts['val']} validation images [{time.perf_counter() - start:.1f} s]")
     elif args.coco_dir:
         coco_dir = Path(args.coco_dir)
         print(f"1. using the COCO copy in {coco_dir}")

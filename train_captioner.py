@@ -11,7 +11,8 @@ The sections of ``main``, top to bottom:
     1. config, device, tokenizer: the YAML or the checkpoint's config; seed; the run folder
     2. model: the encoder from -p (this project's MAE checkpoint, or published weights:
        captioner/models/pretrained.py), from -c, or random
-    3. data: caption batches grouped by image, the validation loaders
+    3. data: caption batches grouped by image (from the processed data, or streamed from a URL list:
+       captioner/data/url_stream.py), the validation loaders
     4. optimiser (every unfreeze group, captioner/training/unfreeze.py), gradient scaler, resume
     5. the training loop: the epoch's freeze state, then per step
        5a the learning rate times each group's multiplier, 5b the forward pass and the loss under
@@ -39,6 +40,7 @@ from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.config import CaptionerRunConfig, ConfigError, EncoderRunConfig, config_to_dict, load_config
 from captioner.data.loaders import caption_loader, image_captions_loader
 from captioner.data.transforms import EvalTransform
+from captioner.data.url_stream import describe_skips, url_caption_loader
 from captioner.evaluation.captioning import caption_images, reference_captions
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.metrics import evaluate_captions
@@ -182,10 +184,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     # encoder (the expensive half once it is unfrozen) runs once per image instead of once per caption.
     # data.group_by_length: images whose longest captions are about as long share a batch (less padding).
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
-    train_loader = caption_loader(cfg.data.processed_dir, "train", cfg.data.batch_size, shuffle=True,
-                                  seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
-                                  max_len=cfg.data.max_caption_len, group_by_image=True,
-                                  group_by_length=cfg.data.group_by_length, **shard)
+    streaming = cfg.data.source == "urls"
+    if streaming:  # the training images fetched from their URLs while training runs (docs/urls.md)
+        train_loader = url_caption_loader(cfg.data, tokenizer, cfg.train.seed, group_by_image=True, **shard)
+        if resume is not None:
+            train_loader.check_resume(resume, args.checkpoint)  # the same list, from the next epoch's start
+    else:
+        train_loader = caption_loader(cfg.data.processed_dir, "train", cfg.data.batch_size, shuffle=True,
+                                      seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
+                                      max_len=cfg.data.max_caption_len, group_by_image=True,
+                                      group_by_length=cfg.data.group_by_length, **shard)
     val_loader = caption_loader(cfg.data.processed_dir, "val", cfg.data.batch_size, shuffle=False,
                                 num_workers=cfg.data.num_workers, max_len=cfg.data.max_caption_len,
                                 group_by_image=True, **shard)
@@ -253,6 +261,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             # train.accumulate_steps micro-batches (one by default): their gradients add up, each loss weighted
             # by its share of the step's caption tokens, as one batch that many times larger would average
             window = take_window(batches, cfg.train.accumulate_steps)
+            if not window:  # a URL stream ends early by the blocks whose every image failed
+                break
             weights = micro_batch_weights([int((b["tokens"][:, 1:] != PAD_ID).sum()) for b in window])
             step_loss = 0.0
             for i, (batch, weight) in enumerate(zip(window, weights)):
@@ -317,6 +327,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
                   "seconds": time.perf_counter() - start}
+        if streaming:  # the epoch's failed URLs by reason; the stream's position for -c
+            record["url_skips"] = dict(train_loader.skip_counts)
+            extras["url_stream"] = train_loader.state(epoch + 1)
         history.append(record)
         payload = training_state(raw_model, optimizer, scaler, step, epoch + 1, KIND, config_to_dict(cfg), history,
                                  **extras, **rng_states_by_rank(dist_info))  # [distributed] every process's RNG
@@ -333,6 +346,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
             print("    val " + "  ".join(f"{name} {val_scores[name]:.4f}" for name in SCORE_NAMES if name in val_scores)
                   + f"  on {val_scores['n_images']} images")
+            if streaming:
+                print(f"    URLs skipped: {describe_skips(record['url_skips'])}")
             for image_id in list(hypotheses)[:N_SAMPLES]:
                 print(f"    {image_id}: {hypotheses[image_id]!r}  (reference: {references[image_id][0]!r})")
         barrier()  # [distributed]

@@ -43,6 +43,7 @@ from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.config import EncoderRunConfig, RetrievalRunConfig, ViTConfig, config_from_dict, config_to_dict, load_config
 from captioner.data.datasets import ImageWithCaptionsDataset, to_tensors
 from captioner.data.loaders import caption_loader
+from captioner.data.url_stream import describe_skips, url_caption_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.curves import write_curves
 from captioner.evaluation.pictures import picture_scale, retrieval_figure, save_png
@@ -153,9 +154,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     # ---- 3. data --------------------------------------------------------------------------------
     shard = {"num_replicas": dist_info.world_size, "rank": dist_info.rank}  # [distributed] this process's share
-    train_loader = caption_loader(cfg.data.processed_dir, "train", cfg.data.batch_size, shuffle=True,
-                                  seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
-                                  max_len=cfg.data.max_caption_len, **shard)
+    streaming = cfg.data.source == "urls"
+    if streaming:  # the training images fetched from their URLs while training runs (docs/urls.md); one caption
+        # of each image per batch, since its other captions would be false negatives
+        train_loader = url_caption_loader(cfg.data, tokenizer, cfg.train.seed, group_by_image=False, **shard)
+        if resume is not None:
+            train_loader.check_resume(resume, args.checkpoint)  # the same list, from the next epoch's start
+    else:
+        train_loader = caption_loader(cfg.data.processed_dir, "train", cfg.data.batch_size, shuffle=True,
+                                      seed=cfg.train.seed, num_workers=cfg.data.num_workers, drop_last=True,
+                                      max_len=cfg.data.max_caption_len, **shard)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{cfg.data.processed_dir}: fewer training captions than one batch "
@@ -237,6 +245,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         record = {"epoch": epoch + 1, "step": step, "train_loss": train_loss, **(recall or {}),
                   "pairs_per_s": steps_per_epoch * cfg.data.batch_size * dist_info.world_size / train_seconds,
                   "seconds": time.perf_counter() - start}
+        if streaming:  # the epoch's failed URLs by reason; the stream's position for -c
+            record["url_skips"] = dict(train_loader.skip_counts)
+            extras["url_stream"] = train_loader.state(epoch + 1)
         history.append(record)
         payload = training_state(raw_model, optimizer, scaler, step, epoch + 1, KIND, config_to_dict(cfg), history,
                                  **extras, **rng_states_by_rank(dist_info))  # [distributed] every process's RNG
@@ -246,6 +257,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             path = save_checkpoint(checkpoint_path(run_dir, epoch + 1), payload)
             print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val {describe(recall)}  "
                   f"{record['pairs_per_s']:.0f} pairs/s  {record['seconds']:.1f} s  -> {path}")
+            if streaming:
+                print(f"    URLs skipped: {describe_skips(record['url_skips'])}")
         barrier()  # [distributed]
 
     # ---- 8. final evaluation: Recall@K on eval.splits beside the random baseline, and the picture --------

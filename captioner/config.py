@@ -70,6 +70,25 @@ class DataConfig:
 
 
 @dataclass
+class UrlDataConfig(DataConfig):
+    """The data of the captioner and the retrieval model, which may also stream their training images from a
+    URL-caption list (``captioner/data/url_stream.py``, docs/urls.md); the tokenizer and the validation
+    split still come from processed_dir."""
+
+    source: Literal["processed", "urls"] = "processed"  # urls: the training images are fetched while training runs
+    url_file: str = only_when("", "source", "urls")  # TSV, CSV or JSON lines, gzipped or not
+    url_format: Literal["auto", "tsv", "csv", "jsonl"] = only_when("auto", "source", "urls")
+    url_column: str = only_when("url", "source", "urls")  # column name or JSON key (a 0-based number: no header)
+    caption_column: str = only_when("caption", "source", "urls")
+    url_cache_dir: str = only_when("", "source", "urls")  # keep fetched images here for later epochs ("": no cache)
+    fetch_concurrency: int = only_when(16, "source", "urls")  # fetches in flight per loader process
+    fetch_timeout: float = only_when(10.0, "source", "urls")  # seconds for one attempt, the whole body included
+    fetch_retries: int = only_when(2, "source", "urls")  # further attempts after a timeout, 5xx or cut body
+    max_image_bytes: int = only_when(20_000_000, "source", "urls")  # larger payloads are skipped
+    max_image_pixels: int = only_when(64_000_000, "source", "urls")  # larger headers are skipped undecoded
+
+
+@dataclass
 class ViTConfig:
     """The Vision Transformer that MAE pretrains and the captioner reuses."""
 
@@ -228,7 +247,7 @@ class CaptionerRunConfig:
     decoder_kind: Literal["transformer", "lstm", "attention-lstm"] = "transformer"
     encoder_config: str = "configs/shapes_encoder.yaml"  # vit: architecture source when training from scratch (no -p)
     vit_image_size: int = 0  # -p with published ViT weights: the input size (0: the weights' own)
-    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=100, max_caption_len=24))
+    data: UrlDataConfig = field(default_factory=lambda: UrlDataConfig(batch_size=100, max_caption_len=24))
     resnet: ResNetConfig = field(default_factory=ResNetConfig)  # encoder_kind resnet only
     decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)  # decoder_kind transformer only
     lstm: LSTMDecoderConfig = field(default_factory=LSTMDecoderConfig)  # decoder_kind lstm / attention-lstm only
@@ -309,7 +328,7 @@ class RetrievalRunConfig:
 
     run_dir: str = "runs/shapes_retrieval"
     encoder_config: str = "configs/shapes_encoder.yaml"  # image tower's architecture without -p
-    data: DataConfig = field(default_factory=lambda: DataConfig(batch_size=64, max_caption_len=24))
+    data: UrlDataConfig = field(default_factory=lambda: UrlDataConfig(batch_size=64, max_caption_len=24))
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-3, warmup_epochs=0.5, beta2=0.98))

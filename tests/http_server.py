@@ -9,7 +9,27 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-class FileServer:
+class LocalServer:
+    """A ThreadingHTTPServer on 127.0.0.1 (a free port) running in a thread while the ``with`` block lasts."""
+
+    def __init__(self, handler, server_class=ThreadingHTTPServer):
+        self._server = server_class(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
+
+    def url(self, path=""):
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+
+class FileServer(LocalServer):
     """Serves ``files`` (``{path: bytes}``) with ``Range: bytes=N-`` support (206 / 416).
 
     Misbehaviour, consumed one request at a time per path:
@@ -27,20 +47,7 @@ class FileServer:
         self.ignore_range = ignore_range
         self.requests = []
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
-
-    def url(self, path=""):
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
+        super().__init__(self._handler())
 
     def _next(self, table, path):
         with self._lock:

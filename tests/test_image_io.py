@@ -1,12 +1,11 @@
 """Robust image reading: every bad input is a BadImageError naming the file; odd images become correct RGB."""
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFile
+from url_server import png_header_only
 
 from captioner.data import image_io
 from captioner.data.image_io import (
@@ -27,15 +26,6 @@ def jpeg_bytes(size=(64, 48)):
     buffer = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(buffer, "JPEG")
     return buffer.getvalue()
-
-
-def png_header_only(width, height):
-    """A PNG that claims ``width x height`` pixels in a few dozen bytes (a decompression bomb)."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 16)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def assert_bad(path, reason):

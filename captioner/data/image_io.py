@@ -19,6 +19,7 @@ it, a truncated file would be returned half grey instead of being reported.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -42,6 +43,10 @@ class BadImageError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = Path(path)
         self.reason = reason
+
+
+class TooManyPixelsError(BadImageError):
+    """An image whose header claims more pixels than the limit (a decompression bomb); nothing was decoded."""
 
 
 def _sixteen_bit_to_l(image: Image.Image) -> Image.Image:
@@ -78,7 +83,8 @@ def load_image_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Im
     is about to be shrunk to that size anyway.
 
     Raises BadImageError (naming the path) for a missing or empty file, a file that is not an
-    image, truncated or corrupt data, and a header claiming more than MAX_IMAGE_PIXELS pixels.
+    image, truncated or corrupt data, and a header claiming more than MAX_IMAGE_PIXELS pixels
+    (:class:`TooManyPixelsError`).
     """
     path = Path(path)
     if not path.exists():
@@ -87,19 +93,37 @@ def load_image_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Im
         raise BadImageError(path, "not a regular file")
     if path.stat().st_size == 0:
         raise BadImageError(path, "empty file (0 bytes)")
+    return _decode(path, path, draft_size, MAX_IMAGE_PIXELS)
+
+
+def image_from_bytes(data: bytes, name: str, draft_size: int | None = None,
+                     max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """:func:`load_image_rgb` for an image held in memory (a download); ``name`` (its URL) names it in errors.
+
+    The header's width x height is checked against ``max_pixels`` before any pixel is decoded.
+    """
+    if not data:
+        raise BadImageError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, draft_size, max_pixels)
+
+
+def _decode(source, name, draft_size: int | None, max_pixels: int) -> Image.Image:
+    """Decode ``source`` (a path or a binary file object) to RGB; errors name ``name``."""
     try:
-        image = Image.open(path)
+        image = Image.open(source)
     except Image.DecompressionBombError as e:
-        raise BadImageError(path, f"decompression bomb ({e})") from e
+        raise TooManyPixelsError(name, f"decompression bomb ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise BadImageError(path, f"not a recognised image ({type(e).__name__}: {e})") from e
+        # Pillow names an in-memory file by its object's repr: say what it means instead
+        detail = "no known image format" if isinstance(e, UnidentifiedImageError) and not isinstance(source, Path) else e
+        raise BadImageError(name, f"not a recognised image ({type(e).__name__}: {detail})") from e
     with image:
         width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise BadImageError(path, f"decompression bomb: {width} x {height} = {width * height} pixels "
-                                      f"exceeds MAX_IMAGE_PIXELS = {MAX_IMAGE_PIXELS}")
+        if width * height > max_pixels:
+            raise TooManyPixelsError(name, f"decompression bomb: {width} x {height} = {width * height} pixels "
+                                           f"exceeds the limit of {max_pixels}")
         if width == 0 or height == 0:
-            raise BadImageError(path, f"empty image ({width} x {height})")
+            raise BadImageError(name, f"empty image ({width} x {height})")
         try:
             if draft_size is not None and image.format == "JPEG":
                 image.draft(None, (draft_size, draft_size))
@@ -109,11 +133,11 @@ def load_image_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Im
             # Decoders of untrusted bytes raise many types (OSError "image file is truncated",
             # SyntaxError "broken PNG file", ValueError, EOFError, struct.error, zlib.error, ...);
             # every one of them means the same thing here: this file cannot be used.
-            raise BadImageError(path, f"truncated or corrupt image data ({type(e).__name__}: {e})") from e
+            raise BadImageError(name, f"truncated or corrupt image data ({type(e).__name__}: {e})") from e
         try:
             return _to_rgb(image)
         except ValueError as e:
-            raise BadImageError(path, f"cannot convert mode {image.mode} to RGB ({e})") from e
+            raise BadImageError(name, f"cannot convert mode {image.mode} to RGB ({e})") from e
 
 
 def resize_and_center_crop(img: Image.Image, size: int) -> np.ndarray:

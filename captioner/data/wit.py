@@ -115,7 +115,7 @@ def read_wit_shard(path: str | Path, skips: SkipLog, split: str = "wit"):
             skips.add(split, BROKEN_JSON, f"{path}:{line_no + 1} (the gzip stream is corrupt: {error})")
 
 
-def _extension(image_url: str) -> str:
+def image_extension(image_url: str) -> str:
     """The image file's extension from its URL (``.jpg`` when there is none): PIL reads by content anyway."""
     suffix = Path(image_url.split("?")[0]).suffix.lower()
     return suffix if suffix in (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff") else ".jpg"
@@ -140,7 +140,7 @@ def wit_to_coco_layout(shards: list[str | Path], out_dir: str | Path, skips: Ski
         for image_url, captions, image_bytes in read_wit_shard(shard, skips):
             image_id += 1
             split = "val" if image_id % val_every == 0 else "train"
-            file_name = f"{image_id:012d}{_extension(image_url)}"
+            file_name = f"{image_id:012d}{image_extension(image_url)}"
             (out_dir / layout[split][0] / file_name).write_bytes(image_bytes)
             annotations[split]["images"].append({"id": image_id, "file_name": file_name, "url": image_url})
             for caption in captions:

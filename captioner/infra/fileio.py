@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 
@@ -15,7 +16,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview, fsync:
     rename (worth it for a few large files, not for thousands of small ones).
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    # the process and the thread in the name: two fetch threads may write the same cache entry at once
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.{threading.get_ident()}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)

@@ -19,6 +19,7 @@ batch's.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 
@@ -35,8 +36,9 @@ def micro_batch_weights(counts: list[int]) -> list[float]:
 
 
 def take_window(batches: Iterator, k: int) -> list:
-    """The next ``k`` micro-batches of an epoch's iterator: one optimiser step's worth."""
-    return [next(batches) for _ in range(k)]
+    """The next ``k`` micro-batches of an epoch's iterator: one optimiser step's worth; fewer (none) when
+    the iterator ends first, as a URL stream whose failures left it short may (docs/urls.md)."""
+    return list(itertools.islice(batches, k))
 
 
 def steps_in_epoch(n_batches: int, k: int) -> int:
