@@ -13,10 +13,11 @@ The sections of ``main``, top to bottom:
        captioner/models/pretrained.py), from -c, or random
     3. data: caption batches grouped by image, the validation loaders
     4. optimiser (every unfreeze group, captioner/training/unfreeze.py), gradient scaler, resume
-    5. the training loop: the epoch's freeze state, then per step
+    5. the training loop: the epoch's freeze state and augmentation strength (augment.enabled), then per step
        5a the learning rate times each group's multiplier, 5b the forward pass and the loss under
        autocast (teacher forcing, captioner/models/captioner.py) and backward, for each micro-batch
-       (train.accumulate_steps), 5c clipping, the optimiser step, 5d the log line
+       (train.accumulate_steps; first augmented when augment.enabled: captioner/data/augment_ramp.py),
+       5c clipping, the optimiser step, 5d the log line
     6. validation: the loss, and the scores of beam-search captions on the first eval.select_images
        validation images (docs/protocol.md#selection)
     7. checkpoint{N}.pt, checkpoint_best.pt (the best epoch by eval.select_by), log.jsonl, curves.png;
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.config import CaptionerRunConfig, ConfigError, EncoderRunConfig, config_to_dict, load_config
+from captioner.data.augment_ramp import augment_batch, batch_generator, check_augment_config, ramp_strength
 from captioner.data.loaders import caption_loader, image_captions_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.captioning import caption_images, reference_captions
@@ -199,6 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"{cfg.train.accumulate_steps} batch(es) of {cfg.data.batch_size} per process "
                          f"({dist_info.world_size}); lower data.batch_size or train.accumulate_steps")
     transform = EvalTransform.for_encoder(encoder_config)  # no crop, no flip: the caption describes the whole, unmirrored scene
+    check_augment_config(cfg.augment)  # augment.enabled: training batches get the ramp below, before the transform
 
     # ---- 4. optimiser, gradient scaler, resume ----------------------------------------------------
     # Every unfreeze group is in the optimiser from the start, named, so its learning-rate multiplier
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model = wrap_ddp(compiled, dist_info, previous=model)
         model.train()
         train_loader.batch_sampler.set_epoch(epoch)  # the epoch's order is a function of (seed, epoch)
+        # augment.enabled: this epoch's augmentation strength, exp(-5 (1 - epoch / ramp_epochs)^2) up to 1
+        strength = ramp_strength(epoch, cfg.augment.ramp_epochs) if cfg.augment.enabled else 0.0
         meter = LossMeter(device, average)
         batches = iter(train_loader)
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not show):
@@ -259,6 +264,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8, each image once
                 tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T) <sos> ... <eos> <pad>...
                 image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
+                if cfg.augment.enabled:  # crop, colour, grey, blur: drawn from (seed, rank, epoch, step, micro-batch)
+                    images = augment_batch(images, strength, cfg.augment,
+                                           batch_generator(cfg.train.seed, epoch, step, i, dist_info.rank))
                 # [distributed] the gradients are all-reduced once, in the step's last backward
                 with gradient_sync(model, last=i == len(window) - 1):
                     # teacher forcing: the decoder reads the caption shifted right and predicts it shifted left
@@ -316,6 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   "captions_per_s": steps_per_epoch * cfg.train.accumulate_steps * cfg.data.batch_size
                   * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
+                  **({"augment_strength": strength} if cfg.augment.enabled else {}),
                   "seconds": time.perf_counter() - start}
         history.append(record)
         payload = training_state(raw_model, optimizer, scaler, step, epoch + 1, KIND, config_to_dict(cfg), history,
@@ -329,8 +338,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 save_checkpoint(run_dir / "checkpoint_best.pt", payload)
             print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                   f"{cfg.eval.select_by} {record['selection']:.4f}{' (best)' if best else ''}  "
-                  f"{describe_unfreeze(states)}  "
-                  f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
+                  f"{describe_unfreeze(states)}  " + (f"augment {strength:.3f}  " if cfg.augment.enabled else "")
+                  + f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
             print("    val " + "  ".join(f"{name} {val_scores[name]:.4f}" for name in SCORE_NAMES if name in val_scores)
                   + f"  on {val_scores['n_images']} images")
             for image_id in list(hypotheses)[:N_SAMPLES]:
