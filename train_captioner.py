@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.config import CaptionerRunConfig, ConfigError, EncoderRunConfig, config_to_dict, load_config
-from captioner.data.augment_ramp import augment_batch, batch_generator, check_augment_config, ramp_strength
+from captioner.data.augment_ramp import augment_batch, check_augment_config, ramp_strength
 from captioner.data.loaders import caption_loader, image_captions_loader
 from captioner.data.transforms import EvalTransform
 from captioner.evaluation.captioning import caption_images, reference_captions
@@ -76,6 +76,7 @@ from captioner.training.distributed import (
 from captioner.training.log import JsonlLogger, LossMeter
 from captioner.training.optimizer import make_optimizer
 from captioner.training.schedule import lr_at_step
+from captioner.training.seeding import AUGMENT_STREAM, seeded_generator
 from captioner.training.unfreeze import (
     describe_unfreeze,
     set_trainable,
@@ -264,9 +265,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8, each image once
                 tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T) <sos> ... <eos> <pad>...
                 image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
-                if cfg.augment.enabled:  # crop, colour, grey, blur: drawn from (seed, rank, epoch, step, micro-batch)
-                    images = augment_batch(images, strength, cfg.augment,
-                                           batch_generator(cfg.train.seed, epoch, step, i, dist_info.rank))
+                if cfg.augment.enabled:  # crop, colour, grey, blur: drawn from (seed, epoch, step, micro-batch, rank)
+                    generator = seeded_generator(device, cfg.train.seed, AUGMENT_STREAM, epoch, step, i, dist_info.rank)
+                    images = augment_batch(images, strength, cfg.augment, generator)  # (U, 3, S, S) uint8
                 # [distributed] the gradients are all-reduced once, in the step's last backward
                 with gradient_sync(model, last=i == len(window) - 1):
                     # teacher forcing: the decoder reads the caption shifted right and predicts it shifted left

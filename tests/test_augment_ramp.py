@@ -1,6 +1,6 @@
 """captioner/data/augment_ramp.py: each operation against an expectation worked out by hand (or by the
 standard library's colorsys, or by torchvision where a reference Python has it), the ramp against its
-formula, and the batch's augmentation as a pure function of (seed, rank, epoch, step, micro-batch)."""
+formula, and the batch's augmentation as a pure function of (seed, epoch, step, micro-batch, rank)."""
 
 import colorsys
 import math
@@ -17,15 +17,20 @@ from captioner.data.augment_ramp import (
     adjust_hue,
     adjust_saturation,
     augment_batch,
-    batch_generator,
     check_augment_config,
     gaussian_blur,
     grayscale,
     ramp_strength,
 )
+from captioner.training.seeding import AUGMENT_STREAM, seeded_generator
 from test_pretrained import reference_python
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def generator(*where):
+    """The generator train_captioner.py gives a batch: where = (epoch, step[, micro-batch, rank]), seed 0."""
+    return seeded_generator(torch.device("cpu"), 0, AUGMENT_STREAM, *where)
 
 
 def random_images(b=4, h=16, w=16, seed=0, dtype=torch.float32):
@@ -118,7 +123,7 @@ def test_ramp_values_against_the_formula_by_hand():
 
 def test_strength_zero_changes_nothing():
     images = random_images(b=6, h=32, w=32, dtype=torch.uint8)
-    out = augment_batch(images, 0.0, CaptionAugmentConfig(enabled=True), batch_generator(0, 0, 0))
+    out = augment_batch(images, 0.0, CaptionAugmentConfig(enabled=True), generator(0, 0, 0))
     assert out.dtype == torch.uint8
     assert torch.equal(out, images)
 
@@ -127,7 +132,7 @@ def test_crop_at_scale_one_and_ratio_one_is_the_identity_at_full_strength():
     cfg = CaptionAugmentConfig(crop_scale_min=1.0, crop_ratio_max=1.0, brightness=0, contrast=0, saturation=0,
                                hue=0, grayscale_p=0, blur_p=0)
     images = random_images(b=3, h=24, w=24, dtype=torch.uint8)
-    assert torch.equal(augment_batch(images, 1.0, cfg, batch_generator(0, 3, 5)), images)
+    assert torch.equal(augment_batch(images, 1.0, cfg, generator(0, 3, 5)), images)
 
 
 def test_full_strength_never_mirrors():
@@ -136,7 +141,7 @@ def test_full_strength_never_mirrors():
                                blur_p=0)
     xs = torch.arange(32, dtype=torch.float32).expand(32, 32)
     images = torch.stack([xs * 8, torch.zeros(32, 32), torch.zeros(32, 32)]).expand(64, 3, 32, 32).clone()
-    out = augment_batch(images, 1.0, cfg, batch_generator(1, 2, 3))
+    out = augment_batch(images, 1.0, cfg, generator(1, 2, 3))
     assert (out[:, 0, :, 1:] >= out[:, 0, :, :-1] - 1e-3).all()
 
 
@@ -145,7 +150,7 @@ def test_the_augmentation_is_a_pure_function_of_where_the_batch_sits():
     cfg = CaptionAugmentConfig(enabled=True)
 
     def aug(*where):
-        return augment_batch(images, 1.0, cfg, batch_generator(*where))
+        return augment_batch(images, 1.0, cfg, generator(*where))
 
     assert torch.equal(aug(0, 3, 40), aug(0, 3, 40))
     for other in [(1, 3, 40), (0, 4, 40), (0, 3, 41), (0, 3, 40, 1), (0, 3, 40, 0, 1)]:
@@ -157,7 +162,7 @@ def test_the_augmentation_is_a_pure_function_of_where_the_batch_sits():
 def test_every_probability_and_amount_grows_with_strength():
     images = random_images(b=64, h=16, w=16, dtype=torch.uint8)
     cfg = CaptionAugmentConfig(enabled=True)
-    change = [(augment_batch(images, s, cfg, batch_generator(0, 0, 0)).float() - images.float()).abs().mean()
+    change = [(augment_batch(images, s, cfg, generator(0, 0, 0)).float() - images.float()).abs().mean()
               for s in (0.0, 0.1, 0.5, 1.0)]
     assert change == sorted(change) and change[0] == 0
 

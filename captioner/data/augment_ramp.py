@@ -19,17 +19,16 @@ caption would teach the wrong word (transforms.py says the same of the captioner
 Crops and colour changes can also make a caption wrong (a cut-off shape, a red turned orange); the
 amounts are therefore small, and docs/augmentation.md measures whether they help at all.
 
-Every random number of a batch comes from :func:`batch_generator`, a fresh CPU generator seeded from
-``(seed, rank, epoch, step, micro-batch)``: a batch's augmentation is a pure function of where it sits in
-training, so a run resumed from a checkpoint augments every later batch exactly as the straight run did,
-with no generator state to store.
+Every random number of a batch comes from the generator it is given: train_captioner.py makes a fresh one
+per batch with ``seeding.seeded_generator(device, seed, AUGMENT_STREAM, epoch, step, micro-batch, rank)``,
+so a batch's augmentation is a pure function of where it sits in training, and a run resumed from a
+checkpoint augments every later batch exactly as the straight run did, with no generator state to store.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,16 +52,6 @@ def ramp_strength(epoch: int, ramp_epochs: float) -> float:
         return 1.0
     t = min(epoch / ramp_epochs, 1.0)
     return math.exp(-5.0 * (1.0 - t) ** 2)
-
-
-def batch_generator(seed: int, epoch: int, step: int, micro: int = 0, rank: int = 0) -> torch.Generator:
-    """A CPU generator for one training batch, seeded from where the batch sits in training.
-
-    numpy's SeedSequence mixes the five integers into one well-spread 64-bit seed, so neighbouring
-    steps or epochs get unrelated random numbers.
-    """
-    state = np.random.SeedSequence([seed, rank, epoch, step, micro]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
 
 
 # --------------------------------------------------------------------------------------------------
