@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
     if resume is not None and "scst_config" in resume:
         raise CheckpointError(f"{args.checkpoint}: a train_scst.py checkpoint; continue it with train_scst.py -c")
+    check_augment_config(cfg.augment)  # augment.*: the training batches' ramp (step 5b), each amount in range
     if cfg.data.on_device:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")
@@ -202,7 +203,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          f"{cfg.train.accumulate_steps} batch(es) of {cfg.data.batch_size} per process "
                          f"({dist_info.world_size}); lower data.batch_size or train.accumulate_steps")
     transform = EvalTransform.for_encoder(encoder_config)  # no crop, no flip: the caption describes the whole, unmirrored scene
-    check_augment_config(cfg.augment)  # augment.enabled: training batches get the ramp below, before the transform
 
     # ---- 4. optimiser, gradient scaler, resume ----------------------------------------------------
     # Every unfreeze group is in the optimiser from the start, named, so its learning-rate multiplier
