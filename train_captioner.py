@@ -14,10 +14,11 @@ The sections of ``main``, top to bottom:
     3. data: caption batches grouped by image (from the processed data, or streamed from a URL list:
        captioner/data/url_stream.py), the validation loaders
     4. optimiser (every unfreeze group, captioner/training/unfreeze.py), gradient scaler, resume
-    5. the training loop: the epoch's freeze state, then per step
+    5. the training loop: the epoch's freeze state and augmentation strength (augment.enabled), then per step
        5a the learning rate times each group's multiplier, 5b the forward pass and the loss under
        autocast (teacher forcing, captioner/models/captioner.py) and backward, for each micro-batch
-       (train.accumulate_steps), 5c clipping, the optimiser step, 5d the log line
+       (train.accumulate_steps; first augmented when augment.enabled: captioner/data/augment_ramp.py),
+       5c clipping, the optimiser step, 5d the log line
     6. validation: the loss, and the scores of beam-search captions on the first eval.select_images
        validation images (docs/protocol.md#selection)
     7. checkpoint{N}.pt, checkpoint_best.pt (the best epoch by eval.select_by), log.jsonl, curves.png;
@@ -38,6 +39,7 @@ from tqdm import tqdm
 
 from captioner.cli import add_run_arguments, resolve_run_config, run_script
 from captioner.config import CaptionerRunConfig, ConfigError, EncoderRunConfig, config_to_dict, load_config
+from captioner.data.augment_ramp import augment_batch, check_augment_config, ramp_strength
 from captioner.data.loaders import caption_loader, image_captions_loader
 from captioner.data.transforms import EvalTransform
 from captioner.data.url_stream import describe_skips, url_caption_loader
@@ -76,6 +78,7 @@ from captioner.training.distributed import (
 from captioner.training.log import JsonlLogger, LossMeter
 from captioner.training.optimizer import make_optimizer
 from captioner.training.schedule import lr_at_step
+from captioner.training.seeding import AUGMENT_STREAM, seeded_generator
 from captioner.training.unfreeze import (
     describe_unfreeze,
     set_trainable,
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
     if resume is not None and "scst_config" in resume:
         raise CheckpointError(f"{args.checkpoint}: a train_scst.py checkpoint; continue it with train_scst.py -c")
+    check_augment_config(cfg.augment)  # augment.*: the training batches' ramp (step 5b), each amount in range
     if cfg.data.on_device:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")
@@ -249,6 +253,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model = wrap_ddp(compiled, dist_info, previous=model)
         model.train()
         train_loader.batch_sampler.set_epoch(epoch)  # the epoch's order is a function of (seed, epoch)
+        # augment.enabled: this epoch's augmentation strength, exp(-5 (1 - epoch / ramp_epochs)^2) up to 1
+        strength = ramp_strength(epoch, cfg.augment.ramp_epochs) if cfg.augment.enabled else 0.0
         meter = LossMeter(device, average)
         batches = iter(train_loader)
         for _ in tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not show):
@@ -269,6 +275,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 images = batch["images"].to(device, non_blocking=True)  # (U, 3, S, S) uint8, each image once
                 tokens = batch["tokens"].to(device, non_blocking=True)  # (B, T) <sos> ... <eos> <pad>...
                 image_index = batch["image_index"].to(device, non_blocking=True)  # (B,) the image of each caption
+                if cfg.augment.enabled:  # crop, colour, grey, blur: drawn from (seed, epoch, step, micro-batch, rank)
+                    generator = seeded_generator(device, cfg.train.seed, AUGMENT_STREAM, epoch, step, i, dist_info.rank)
+                    images = augment_batch(images, strength, cfg.augment, generator)  # (U, 3, S, S) uint8
                 # [distributed] the gradients are all-reduced once, in the step's last backward
                 with gradient_sync(model, last=i == len(window) - 1):
                     # teacher forcing: the decoder reads the caption shifted right and predicts it shifted left
@@ -326,6 +335,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   "captions_per_s": steps_per_epoch * cfg.train.accumulate_steps * cfg.data.batch_size
                   * dist_info.world_size / train_seconds,
                   "trainable_groups": [name for name, s in states.items() if s.trainable],
+                  **({"augment_strength": strength} if cfg.augment.enabled else {}),
                   "seconds": time.perf_counter() - start}
         if streaming:  # the epoch's failed URLs by reason; the stream's position for -c
             record["url_skips"] = dict(train_loader.skip_counts)
@@ -342,8 +352,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 save_checkpoint(run_dir / "checkpoint_best.pt", payload)
             print(f"epoch {epoch + 1}/{cfg.train.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
                   f"{cfg.eval.select_by} {record['selection']:.4f}{' (best)' if best else ''}  "
-                  f"{describe_unfreeze(states)}  "
-                  f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
+                  f"{describe_unfreeze(states)}  " + (f"augment {strength:.3f}  " if cfg.augment.enabled else "")
+                  + f"{record['captions_per_s']:.0f} captions/s  {record['seconds']:.1f} s  -> {path}")
             print("    val " + "  ".join(f"{name} {val_scores[name]:.4f}" for name in SCORE_NAMES if name in val_scores)
                   + f"  on {val_scores['n_images']} images")
             if streaming:

@@ -150,6 +150,29 @@ class AugmentConfig:
 
 
 @dataclass
+class CaptionAugmentConfig:
+    """The captioner's training augmentation, stronger each epoch (``captioner/data/augment_ramp.py``).
+
+    Training batches only, never validation or test. The epoch's strength is
+    ``s = exp(-5 (1 - min(epoch / ramp_epochs, 1))^2)`` (0-based epoch: 0.0067 in the first, 1 from epoch
+    ``ramp_epochs`` on), and each amount below is what the augmentation reaches at ``s = 1``. No horizontal
+    flip (it makes "left of" false): unlike the MAE ``AugmentConfig``, there is no ``flip`` key.
+    """
+
+    enabled: bool = False  # off: the captioner sees every training image whole and unchanged
+    ramp_epochs: float = 8.0  # epochs until full strength (0: full strength from the start)
+    crop_scale_min: float = 0.8  # random resized crop: smallest fraction of the image area kept, as in AugmentConfig
+    crop_ratio_max: float = 1.15  # the crop's aspect ratio (width / height) lies in [1 / this, this]
+    brightness: float = 0.2  # brightness factor in [1 - this, 1 + this]
+    contrast: float = 0.2  # contrast factor in [1 - this, 1 + this]
+    saturation: float = 0.3  # saturation factor in [1 - this, 1 + this]
+    hue: float = 0.02  # hue rotation in [-this, this] turns of the colour circle (0.5: opposite colours)
+    grayscale_p: float = 0.05  # probability of a grey (ITU-R 601 luma) image
+    blur_p: float = 0.2  # probability of a Gaussian blur
+    blur_sigma: float = 1.0  # the blur's sigma in pixels is drawn from [0.1, this]
+
+
+@dataclass
 class TrainConfig:
     """How a run trains. Each run configuration below gives its own defaults, its shapes preset's (the
     captioner's learning rate is not MAE's): the values here are where a run states none."""
@@ -252,6 +275,7 @@ class CaptionerRunConfig:
     decoder: CaptionDecoderConfig = field(default_factory=CaptionDecoderConfig)  # decoder_kind transformer only
     lstm: LSTMDecoderConfig = field(default_factory=LSTMDecoderConfig)  # decoder_kind lstm / attention-lstm only
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+    augment: CaptionAugmentConfig = field(default_factory=CaptionAugmentConfig)  # training batches only; off by default
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=16, lr=2e-3, warmup_epochs=0.5, beta2=0.98))
     # The field's selection (CIDEr-D on 1000 val images), for real data; the shapes presets choose captions_true
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -86,6 +86,36 @@ def test_exact_resume(workdir, pretrained_run):
         assert torch.equal(tensor, b["model"][name]), name
 
 
+def test_augmentation_ramp_reaches_training_batches_only_and_resumes_exactly(workdir, pretrained_run, monkeypatch):
+    calls = []  # (epoch's strength, images, checksum of the augmented batch) of every augment_batch call
+    real = train_captioner.augment_batch
+
+    def recording(images, strength, cfg, generator):
+        out = real(images, strength, cfg, generator)
+        calls.append((strength, images.shape[0], int(out.long().sum())))
+        return out
+
+    monkeypatch.setattr(train_captioner, "augment_batch", recording)
+    straight = run(workdir, "augmented", "-p", str(workdir / "mae.pt"), "--set", "augment.enabled=true",
+                   "--set", "augment.ramp_epochs=1")
+    steps = straight[0]["step"]
+    # one call per training step, at exp(-5 (1 - epoch / 1)^2): none for the validation loss or captions
+    assert [strength for strength, *_ in calls] == [pytest.approx(math.exp(-5))] * steps + [1.0] * steps
+    assert [h["augment_strength"] for h in straight] == [pytest.approx(math.exp(-5)), 1.0]
+    assert "augment_strength" not in pretrained_run[1][0]  # off by default
+    assert straight[1]["train_loss"] != pretrained_run[1][1]["train_loss"]  # the augmentation changed training
+    epoch2 = calls[steps:]
+    calls.clear()
+    resumed = train_captioner.main(["-c", str(workdir / "augmented" / "checkpoint1.pt"), "--set",
+                                    f"run_dir={workdir / 'augmented_resumed'}", "--no-progress"])
+    assert calls == epoch2  # the same batches, augmented the same way
+    assert comparable(resumed) == comparable(straight)
+    a = load_checkpoint(workdir / "augmented" / "checkpoint2.pt", kind="captioner")["model"]
+    b = load_checkpoint(workdir / "augmented_resumed" / "checkpoint2.pt", kind="captioner")["model"]
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), name
+
+
 def test_pretrained_encoder_weights_are_loaded_and_unfrozen_on_schedule(workdir, pretrained_run):
     run_dir, history = pretrained_run
     mae = load_checkpoint(workdir / "mae.pt", kind="mae")["model"]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 TRAIN_STREAM, VALIDATION_STREAM = 0, 1  # keep the training and validation random streams apart
+AUGMENT_STREAM = 2  # the captioner's augmentation ramp: a generator per batch (captioner/data/augment_ramp.py)
 
 
 def seeded_generator(device: torch.device, *entropy: int) -> torch.Generator:
