@@ -101,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--pretrained", default=None,
                         help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt, or its run folder for "
                              "the latest one), from the image tower of a retrieval checkpoint (train_retrieval.py's; "
-                             "its projection head is dropped), from named published weights (mae_vit_base, mae_vit_large, "
-                             "mae_vit_huge: downloaded once and checked), or from an official MAE / timm ViT file: "
-                             "the encoder's architecture and weights come from it, and it is unfrozen layer by layer. "
+                             "its projection head is dropped), from named published weights (mae_vit_base, "
+                             "mae_vit_large, mae_vit_huge: downloaded once and checked), or from an official MAE / "
+                             "timm ViT file: the encoder's architecture and weights come from it, and it is unfrozen "
+                             "layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
                              "of the config's encoder_config YAML, and trains from the first step. "
                              "ViT encoders only (encoder_kind: vit; a ResNet starts from torchvision's ImageNet "
@@ -131,9 +132,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")
     if args.pretrained and cfg.encoder_kind != "vit":
-        raise ConfigError(f"encoder_kind: -p starts from a pretrained ViT encoder (MAE, retrieval or published), "
-                          f"but the config asks for "
-                          f"{cfg.encoder_kind!r}; drop -p or set encoder_kind=vit")
+        raise ConfigError(f"encoder_kind: -p starts from a pretrained ViT encoder (MAE, retrieval or published), but "
+                          f"the config asks for {cfg.encoder_kind!r}; drop -p or set encoder_kind=vit")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision = setup_device(str(dist_info.device), cfg.train.precision)
     # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
