@@ -1,6 +1,7 @@
 """Step 3: put a caption decoder on an image encoder and train it on image + caption pairs.
 
     python train_captioner.py -p runs/shapes_encoder                   # from the MAE encoder (shapes, CPU)
+    python train_captioner.py -p runs/shapes_retrieval                 # from the retrieval model's image tower
     python train_captioner.py                                          # the same model from scratch
     python train_captioner.py -c runs/shapes_captioner/checkpoint4.pt  # continue exactly where it stopped
     python train_captioner.py --config configs/coco_captioner.yaml -p runs/coco_encoder
@@ -9,8 +10,8 @@
 The sections of ``main``, top to bottom:
 
     1. config, device, tokenizer: the YAML or the checkpoint's config; seed; the run folder
-    2. model: the encoder from -p (this project's MAE checkpoint, or published weights:
-       captioner/models/pretrained.py), from -c, or random
+    2. model: the encoder from -p (this project's MAE checkpoint, the image tower of its retrieval
+       checkpoint, or published weights: captioner/models/pretrained.py), from -c, or random
     3. data: caption batches grouped by image (from the processed data, or streamed from a URL list:
        captioner/data/url_stream.py), the validation loaders
     4. optimiser (every unfreeze group, captioner/training/unfreeze.py), gradient scaler, resume
@@ -104,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(parser, default_config="configs/shapes_captioner.yaml")
     parser.add_argument("-p", "--pretrained", default=None,
                         help="start from this MAE checkpoint (train_encoder.py's checkpoint*.pt, or its run folder for "
-                             "the latest one), from named published weights (mae_vit_base, mae_vit_large, "
-                             "mae_vit_huge: downloaded once and checked), or from an official MAE / timm ViT file: "
-                             "the encoder's architecture and weights come from it, and it is unfrozen layer by layer. "
+                             "the latest one), from the image tower of a retrieval checkpoint (train_retrieval.py's; "
+                             "its projection head is dropped), from named published weights (mae_vit_base, "
+                             "mae_vit_large, mae_vit_huge: downloaded once and checked), or from an official MAE / "
+                             "timm ViT file: the encoder's architecture and weights come from it, and it is unfrozen "
+                             "layer by layer. "
                              "Without -p (and without -c) the encoder starts random, with the architecture "
                              "of the config's encoder_config YAML, and trains from the first step. "
                              "ViT encoders only (encoder_kind: vit; a ResNet starts from torchvision's ImageNet "
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     """Train (or continue training) and return the per-epoch history."""
     args = build_parser().parse_args(argv)
     if args.pretrained and args.checkpoint:
-        raise ValueError("use either -p (start from an MAE encoder) or -c (resume a captioner run), not both")
+        raise ValueError("use either -p (start from a pretrained encoder) or -c (resume a captioner run), not both")
 
     # ---- 1. config, device, tokenizer -----------------------------------------------------------
     cfg, resume = resolve_run_config(args, CaptionerRunConfig, kind=KIND)
@@ -135,8 +138,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise ValueError("data.on_device is a train_encoder.py setting (image batches); the captioner's caption "
                          "batches are read from the host: set data.on_device=false")
     if args.pretrained and cfg.encoder_kind != "vit":
-        raise ConfigError(f"encoder_kind: -p starts from an MAE (ViT) encoder, but the config asks for "
-                          f"{cfg.encoder_kind!r}; drop -p or set encoder_kind=vit")
+        raise ConfigError(f"encoder_kind: -p starts from a pretrained ViT encoder (MAE, retrieval or published), but "
+                          f"the config asks for {cfg.encoder_kind!r}; drop -p or set encoder_kind=vit")
     dist_info = init_distributed(args.device)  # [distributed] under torchrun: join the process group, take a GPU
     device, precision = setup_device(str(dist_info.device), cfg.train.precision)
     # the model's initialisation is reproducible; each torchrun process draws its own dropout masks, and
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if resume is not None:
         raw_model = captioner_from_payload(resume, args.checkpoint, cfg, max_len)
         pretrained = resume.get("pretrained")
-    elif args.pretrained:  # this project's MAE checkpoint, or published ViT weights (a name or a file)
+    elif args.pretrained:  # this project's MAE or retrieval checkpoint, or published ViT weights (a name or a file)
         encoder = encoder_from_pretrained(resolve_weights(args.pretrained, show),
                                           cfg.vit_image_size or None)
         raw_model = captioner_for_config(cfg, encoder.config, tokenizer.vocab_size, max_len)

@@ -1,4 +1,4 @@
-"""The results ladder on shapes: five captioners, trained and scored the same way; prints one table.
+"""The results ladder on shapes: six captioners, trained and scored the same way; prints one table.
 
 Rows (each one ``train_captioner.py`` command, then ``evaluate.py`` on its best checkpoint):
 
@@ -7,11 +7,13 @@ Rows (each one ``train_captioner.py`` command, then ``evaluate.py`` on its best 
     CNN + transformer           configs/ladder_resnet_transformer.yaml
     ViT scratch + transformer   configs/shapes_captioner.yaml, no -p
     MAE-ViT + transformer       configs/shapes_captioner.yaml -p runs/shapes_encoder (train_encoder.py first if missing)
+    contrastive-ViT + transformer  configs/shapes_captioner.yaml -p runs/shapes_retrieval: the image tower of the
+                                retrieval model (train_retrieval.py first if missing)
 
 Every row trains ``--epochs`` epochs (default 4) on the same processed data and tokenizer and is
 decoded with the same beam settings (the configs' eval section: beam 3, alpha 0.6, max_len 24).
 Columns: parameters, the wall-clock seconds of the training command (its per-epoch validation and
-BLEU-4 captioning included; for the MAE row, not the encoder's pretraining, which is printed apart),
+BLEU-4 captioning included; for the pretrained rows, not the encoder's pretraining, which is printed apart),
 BLEU-1..4 and CIDEr-D on the 500 validation images, the share of captions true in full (the truth
 score), and the blind baseline's BLEU-4 / CIDEr-D / captions true (one caption for every image).
 
@@ -44,6 +46,12 @@ ROWS = {  # key: (label, run folder, arguments of train_captioner.py)
                     ["--config", "configs/shapes_captioner.yaml"]),
     "mae-vit": ("MAE-ViT + transformer", "runs/ladder_mae_vit",
                 ["--config", "configs/shapes_captioner.yaml", "-p", "runs/shapes_encoder"]),
+    "contrastive-vit": ("contrastive-ViT + transformer", "runs/ladder_contrastive_vit",
+                        ["--config", "configs/shapes_captioner.yaml", "-p", "runs/shapes_retrieval"]),
+}
+PRETRAINING = {  # row key: (the run folder its -p reads, the script whose preset writes it)
+    "mae-vit": ("runs/shapes_encoder", "train_encoder.py"),
+    "contrastive-vit": ("runs/shapes_retrieval", "train_retrieval.py"),
 }
 
 
@@ -97,9 +105,10 @@ def main() -> None:
     unknown = [k for k in keys if k not in ROWS]
     if unknown:
         parser.error(f"--rows: unknown row {unknown[0]!r}; choose from {', '.join(ROWS)}")
-    if "mae-vit" in keys and not (ROOT / "runs" / "shapes_encoder").is_dir():
-        encoder_seconds = run([sys.executable, "train_encoder.py", "--no-progress"])
-        print(f"MAE encoder pretraining (train_encoder.py): {encoder_seconds:.0f} s")
+    for key in keys:
+        if key in PRETRAINING and not (ROOT / PRETRAINING[key][0]).is_dir():
+            script = PRETRAINING[key][1]
+            print(f"{ROWS[key][0]}: pretraining ({script}): {run([sys.executable, script, '--no-progress']):.0f} s")
     rows = [ladder_row(key, args.epochs, args.overrides) for key in keys]
     print(f"\n{platform.machine()} {platform.processor() or ''}, torch threads from OMP_NUM_THREADS, "
           f"{args.epochs} epochs per row")

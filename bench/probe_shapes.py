@@ -2,7 +2,8 @@
 
     python bench/probe_shapes.py runs/shapes_encoder/checkpoint16.pt runs/shapes_captioner/checkpoint_best.pt random
 
-For each encoder (an MAE checkpoint, a captioner checkpoint, or ``random``: a freshly initialised
+For each encoder (an MAE checkpoint, a retrieval checkpoint's image tower, a captioner checkpoint,
+or ``random``: a freshly initialised
 ViT with the shapes preset's architecture), every object of the first ``--train`` training images and
 of the validation images is described by the encoder's features at the patch holding the object's
 centre ("centre patch"), and by the 3 x 3 block of patches around it, concatenated ("3 x 3 patches").
@@ -32,7 +33,8 @@ from captioner.data.transforms import EvalTransform  # noqa: E402
 from captioner.evaluation.truth import shapes_scenes  # noqa: E402
 from captioner.models.vit import ImageEncoder  # noqa: E402
 from captioner.training.checkpoints import (  # noqa: E402
-    encoder_from_mae_checkpoint,
+    ENCODER_CHECKPOINTS,
+    encoder_from_checkpoint,
     load_captioner,
     load_checkpoint,
 )
@@ -43,8 +45,8 @@ def load_encoder(source: str) -> ImageEncoder:
         torch.manual_seed(0)
         return ImageEncoder(load_config(EncoderRunConfig, ROOT / "configs" / "shapes_encoder.yaml").model)
     payload = load_checkpoint(source)
-    if payload.get("kind") == "mae":
-        return encoder_from_mae_checkpoint(payload, source)
+    if payload.get("kind") in ENCODER_CHECKPOINTS:  # MAE, or a retrieval model's image tower
+        return encoder_from_checkpoint(payload, source)
     return load_captioner(source)[0].encoder
 
 
@@ -52,7 +54,7 @@ def object_features(encoder: ImageEncoder, processed_dir: Path, split: str, n: i
     """(centre-patch features (N, C), 3 x 3-patch features (N, 9C), shape labels (N,)) of the objects."""
     dataset = ImageDataset(processed_dir, [split])
     n = min(n, len(dataset))
-    transform = EvalTransform(encoder.config.image_size)
+    transform = EvalTransform.for_encoder(encoder.config)
     with torch.no_grad():
         features = torch.cat([encoder(transform(to_tensors(dataset.get_batch(np.arange(i, min(i + 250, n))))["images"]))
                               for i in range(0, n, 250)])  # (n, L, C)
@@ -92,7 +94,7 @@ def probe_accuracy(x_train, y_train, x_val, y_val, l2: float = 1e-3) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("encoders", nargs="+", help="MAE or captioner checkpoints, or 'random'")
+    parser.add_argument("encoders", nargs="+", help="MAE, retrieval or captioner checkpoints, or 'random'")
     parser.add_argument("--processed-dir", default="data/shapes/processed", type=Path)
     parser.add_argument("--train", type=int, default=4000, help="training images whose objects fit the probe")
     args = parser.parse_args()

@@ -13,7 +13,8 @@ field's (CIDEr-D), the shapes presets' the truth score.
 The resolved configuration (file + overrides) is stored as a plain dict inside every checkpoint, so a
 resumed run uses exactly the settings it was started with.
 
-The captioner never repeats the encoder's architecture: with ``-p`` it comes from the MAE checkpoint,
+The captioner never repeats the encoder's architecture: with ``-p`` it comes from the MAE checkpoint
+(or the retrieval checkpoint whose image tower it takes),
 and when training from scratch it is read from the ``model`` section of the encoder YAML file that
 ``CaptionerRunConfig.encoder_config`` points to.
 """

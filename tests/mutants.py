@@ -153,6 +153,10 @@ MUTANTS = [
     mutant("flickr8k-duplicate-captions-kept", "captioner/data/karpathy.py",
            "elif (name, k) in seen:", "elif False:",
            ["tests/test_karpathy.py", "-k", "flickr8k_text_files"]),
+    # ---- a retrieval checkpoint's image tower as the captioner's encoder (train_captioner.py -p)
+    mutant("retrieval-tower-prefix-dropped", "captioner/training/checkpoints.py",
+           'RETRIEVAL_KIND: (("vit",), "image_encoder.")', 'RETRIEVAL_KIND: (("vit",), "")',
+           ["tests/test_contrastive_init.py", "-k", "image_tower"]),
     # ---- 7. resuming a two-process checkpoint in one process
     mutant("resume-takes-the-last-ranks-rng", "captioner/training/checkpoints.py",
            'set_rng_state(payload["rng"])', 'set_rng_state(payload.get("rng_by_rank", [payload["rng"]])[-1])',

@@ -192,7 +192,7 @@ def test_from_scratch_takes_the_architecture_from_the_encoder_yaml(workdir):
 
 def test_wrong_checkpoint_kinds_are_clear_errors(workdir, pretrained_run):
     run_dir, _ = pretrained_run
-    with pytest.raises(CheckpointError, match="'captioner' checkpoint, not an MAE"):
+    with pytest.raises(CheckpointError, match="'captioner' checkpoint; a pretrained ViT encoder comes from a 'mae'"):
         run(workdir, "wrong_p", "-p", str(run_dir / "checkpoint1.pt"))
     with pytest.raises(CheckpointError, match="'mae' checkpoint, but a 'captioner' checkpoint is needed"):
         run(workdir, "wrong_c", "-c", str(workdir / "mae.pt"))

@@ -40,7 +40,7 @@ from captioner.models.vit import ImageEncoder, position_table
 from captioner.training.checkpoints import (
     CHECKPOINT_FORMAT,
     CheckpointError,
-    encoder_from_mae_checkpoint,
+    encoder_from_checkpoint,
     load_checkpoint,
     read_torch_file,
 )
@@ -301,15 +301,16 @@ def mae_from_official(state: dict[str, Tensor], image_size: int | None = None, m
 # ---- what the training scripts call ----------------------------------------------------------------
 
 def encoder_from_pretrained(path: str | Path, image_size: int | None = None) -> ImageEncoder:
-    """The ViT encoder in ``path``: this project's MAE checkpoint (or its run folder), an official MAE
-    checkpoint or a timm ViT state dict (``image_size``: a size other than the file's own; published
-    weights only)."""
+    """The ViT encoder in ``path``: this project's MAE checkpoint or retrieval checkpoint (its image tower),
+    or their run folder, an official MAE checkpoint or a timm ViT state dict (``image_size``: a size other
+    than the file's own; published weights only)."""
     path = Path(path)
     payload = load_checkpoint(path) if path.is_dir() else _read(path)
     if not (isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT):
         return vit_from_timm(_state_dict_of(payload, path), image_size, path)
-    encoder = encoder_from_mae_checkpoint(payload, path)
+    encoder = encoder_from_checkpoint(payload, path)
     if image_size and image_size != encoder.config.image_size:
-        raise CheckpointError(f"{path}: this project's MAE checkpoint was trained at {encoder.config.image_size} "
-                              f"pixels; another size ({image_size}) is for published weights only")
+        raise CheckpointError(f"{path}: this project's {payload['kind']!r} checkpoint was trained at "
+                              f"{encoder.config.image_size} pixels; another size ({image_size}) is for published "
+                              "weights only")
     return encoder

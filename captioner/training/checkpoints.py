@@ -11,7 +11,8 @@ besides the training state (with the run config, which names the encoder and dec
 decoder's settings) it stores the encoder architecture (``"vit"`` or ``"resnet"``), the vocabulary
 size, the decoder's ``max_len`` and the tokenizer file's text (`checkpoint_extras`), so
 `load_captioner` rebuilds model and tokenizer from the checkpoint alone. A pretrained encoder comes
-from an MAE checkpoint (`encoder_from_mae_checkpoint`), whose own stored config gives the architecture.
+from an MAE checkpoint or a retrieval checkpoint's image tower (`encoder_from_checkpoint`), whose own
+stored config gives the architecture.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from torch import nn
 from captioner.config import CaptionerRunConfig, ConfigError, ResNetConfig, ViTConfig, config_from_dict, config_to_dict
 from captioner.infra.fileio import atomic_write_bytes
 from captioner.models.captioner import ENCODERS, KIND, captioner_for_config
+from captioner.models.dual_encoder import KIND as RETRIEVAL_KIND
 from captioner.models.vit import ImageEncoder
 from captioner.text.tokenizers import parse_tokenizer
 from transformer_components import EncoderDecoder
@@ -255,17 +257,44 @@ def encoder_from_mae_checkpoint(payload: dict, source: str | Path = "checkpoint"
     """
     if payload.get("kind") != "mae":
         raise CheckpointError(f"{source}: this is a {payload.get('kind')!r} checkpoint, not an MAE ('mae') checkpoint")
-    config, state = payload.get("config"), payload.get("model")
-    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(state, dict):
-        raise CheckpointError(f"{source}: the checkpoint lacks its 'config' (with a 'model' section) or 'model' weights")
+    return encoder_from_checkpoint(payload, source)
+
+
+# Where each kind of checkpoint keeps its ViT: (the architecture's place, the prefix of its weights).
+# A retrieval checkpoint's image tower is the ViT alone: its projection into the shared embedding space
+# (``image_projection``) is not under the prefix, so a captioner, which reads the token grid, drops it.
+ENCODER_CHECKPOINTS = {"mae": (("config", "model"), "encoder."), RETRIEVAL_KIND: (("vit",), "image_encoder.")}
+
+
+def encoder_from_checkpoint(payload: dict, source: str | Path = "checkpoint") -> ImageEncoder:
+    """The pretrained :class:`ImageEncoder` in an MAE (``train_encoder.py``) or retrieval
+    (``train_retrieval.py``: the image tower) checkpoint payload, from ``load_checkpoint``.
+
+    The architecture, mean and std and image size included, comes from the checkpoint itself (an MAE
+    checkpoint's ``config["model"]``, a retrieval checkpoint's ``"vit"``), the weights from its
+    ``payload["model"]`` entries under the kind's prefix (``ENCODER_CHECKPOINTS``). Raises
+    CheckpointError naming ``source`` for another kind of checkpoint, a missing or invalid
+    architecture, or weights that do not fit it.
+    """
+    kind = payload.get("kind")
+    if kind not in ENCODER_CHECKPOINTS:
+        expected = " or ".join(repr(k) for k in ENCODER_CHECKPOINTS)
+        raise CheckpointError(f"{source}: this is a {kind!r} checkpoint; a pretrained ViT encoder comes from "
+                              f"a {expected} checkpoint (train_encoder.py's or train_retrieval.py's)")
+    where, prefix = ENCODER_CHECKPOINTS[kind]
+    vit, state = payload, payload.get("model")
+    for key in where:
+        vit = vit.get(key) if isinstance(vit, dict) else None
+    if not isinstance(vit, dict) or not isinstance(state, dict):
+        section = f" (with a {where[1]!r} section)" if len(where) > 1 else ""
+        raise CheckpointError(f"{source}: the {kind!r} checkpoint lacks its {where[0]!r}{section} architecture "
+                              "or its 'model' weights")
     try:
-        vit = config_from_dict(ViTConfig, config["model"], source=f"{source} (config.model)")
-        encoder = ImageEncoder(vit)
+        encoder = ImageEncoder(config_from_dict(ViTConfig, vit, source=f"{source} ({'.'.join(where)})"))
     except (ConfigError, ValueError) as e:
         raise CheckpointError(f"{source}: the stored ViT architecture is invalid: {e}") from None
-    prefix = "encoder."
     encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     if not encoder_state:
-        raise CheckpointError(f"{source}: the checkpoint holds no 'encoder.' weights")
+        raise CheckpointError(f"{source}: the checkpoint holds no {prefix!r} weights")
     load_state_dict_checked(encoder, encoder_state, source)
     return encoder
