@@ -34,18 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.bench_train import (  # noqa: E402
-    CAPTION_SHAPES,
-    CAPTIONS_PER_IMAGE,
-    captioner_preset,
-    synthetic_caption_batches,
-    teacher_forcing_loss_fn,
-    timed,
-    unfrozen_captioner,
-)
+from bench.bench_train import CAPTIONS_PER_IMAGE, captioner_setup, make_model_step, timed  # noqa: E402
 from captioner.data.image_io import resize_and_center_crop  # noqa: E402
-from captioner.data.transforms import EvalTransform  # noqa: E402
 from captioner.data.url_fetch import FetchSettings, UrlFetcher  # noqa: E402
+from captioner.training.devices import resolve_precision  # noqa: E402
 from captioner.training.unfreeze import set_trainable, unfreeze_schedule  # noqa: E402
 
 N_PATHS = 5000  # distinct URLs the server knows (each fetched at most once per measurement)
@@ -87,14 +79,13 @@ def fetch_rate(base_url: str, concurrency: int, n: int, size: int, offset: int) 
     return n / (time.perf_counter() - start), (time.process_time() - cpu_start) * 1000 / n, failures
 
 
-def step_rates(args, device: torch.device) -> dict[str, float]:
-    """Images/s of the captioner's training step (the preset's batch), encoder frozen and unfrozen."""
-    cfg, vit, precision = captioner_preset(args, device)
-    T, V = CAPTION_SHAPES[args.preset]
-    U = max(1, cfg.data.batch_size // CAPTIONS_PER_IMAGE)  # images per step
-    model, optimizer, run, unfrozen = unfrozen_captioner(cfg, vit, V, device, precision)
-    loss_fn = teacher_forcing_loss_fn(EvalTransform(vit.image_size), cfg.label_smoothing)
-    batches = synthetic_caption_batches(U, T, V, vit.image_size, device)
+def step_rates(args, device: torch.device) -> tuple[dict[str, float], int]:
+    """Images/s of the captioner's training step (the preset's batch), encoder frozen and unfrozen; and the
+    preset's image size."""
+    cfg, vit, model, optimizer, unfrozen, batches, loss_fn = captioner_setup(args, device)
+    precision = resolve_precision(cfg.train.precision, device, training=True)
+    run = make_model_step(model, optimizer, cfg.train, device, precision)
+    U = batches[0]["images"].shape[0]  # images per step
     frozen = unfreeze_schedule(vit.depth, 0, start_epoch=1, decay=cfg.unfreeze.decay)
     rates = {}
     for name, states in (("frozen", frozen), ("unfrozen", unfrozen)):
@@ -106,7 +97,7 @@ def step_rates(args, device: torch.device) -> dict[str, float]:
     print(f"captioner step ({args.preset} preset, {vit.image_size} px, {U} images x {CAPTIONS_PER_IMAGE} captions "
           f"per step, {precision}, {torch.get_num_threads()} threads): frozen encoder {rates['frozen']:.0f} images/s, "
           f"unfrozen {rates['unfrozen']:.0f} images/s")
-    return rates
+    return rates, vit.image_size
 
 
 def main() -> None:
@@ -119,13 +110,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed captioner steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed captioner steps first (default: %(default)s)")
     args = parser.parse_args()
-    args.compile, args.compile_mode, args.batch_size = False, "default", None  # what captioner_preset reads
+    args.compile, args.compile_mode, args.batch_size = False, "default", None  # what captioner_setup reads
 
     device = torch.device("cpu")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python "
           f"{platform.python_version()}, torch {torch.__version__}; JPEG of {len(photo_jpeg())} bytes, 640 x 480")
-    rates = step_rates(args, device)
-    size = captioner_preset(args, device)[1].image_size
+    rates, size = step_rates(args, device)
     context = multiprocessing.get_context("spawn")
     print(f"\n{'latency':>8} {'concurrent':>10} {'images':>7} {'failed':>6} {'images/s':>9} {'x step':>7} "
           f"{'CPU ms/image':>12}")
