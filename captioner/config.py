@@ -418,10 +418,29 @@ def _check_value(value: Any, annotation: Any, where: str) -> Any:
     raise ConfigError(f"{where}: unsupported field type {annotation}")
 
 
+def _eval_bleu_images(data: dict, where: str) -> dict:
+    """A checkpoint written before ``eval.select_by`` stores ``bleu_images``: its run picked the best epoch by
+    BLEU-4 on that many val images, which is ``select_by: BLEU-4`` on ``select_images`` of them now."""
+    data = dict(data)
+    n_images = data.pop("bleu_images")
+    data.setdefault("select_images", n_images)
+    data.setdefault("select_by", "BLEU-4")
+    warnings.warn(f"{where}.bleu_images={n_images} is read as select_images={data['select_images']} with "
+                  f"select_by={data['select_by']} (the key's meaning before select_by)", ConfigWarning, stacklevel=2)
+    return data
+
+
+# Keys of earlier versions that stored configs (checkpoints) may hold: section, old key, its translation
+RETIRED_KEYS = {(EvalConfig, "bleu_images"): _eval_bleu_images}
+
+
 def _from_dict(cls: type[C], data: dict, where: str, start: C | None = None) -> C:
     """``start`` (default: ``cls()``) with the keys of ``data`` replaced. A section missing from ``data``, or a
     key missing from a section, keeps the value of the instance that contains it: a run's own default
     (``CaptionerRunConfig.train`` is not ``TrainConfig()``), not the section class's."""
+    for (section, key), translate in RETIRED_KEYS.items():
+        if cls is section and key in data:
+            data = translate(data, where or section.__name__)
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)

@@ -10,7 +10,8 @@ import caption
 import evaluate
 import process_coco
 import train_captioner
-from captioner.config import CaptionDecoderConfig, CaptionerRunConfig, ConfigError, ViTConfig
+from captioner.config import (CaptionDecoderConfig, CaptionerRunConfig, ConfigError, ConfigWarning, ViTConfig,
+                              config_from_dict)
 from captioner.evaluation.own_images import ImageCaptioner
 from captioner.serve.server import caption_json
 from captioner.text.tokenizers import load_tokenizer
@@ -106,6 +107,23 @@ def test_pre_resnet_checkpoints_still_load(workdir, tmp_path):
     save_checkpoint(path, payload)
     model, _, _ = load_captioner(path)
     assert type(model.decoder).__name__ == "CaptionDecoder"
+
+
+def test_checkpoints_from_before_select_by_load_with_their_bleu4_selection(workdir, tmp_path):
+    """eval.bleu_images (best epoch by BLEU-4 on that many val images) reads as select_by BLEU-4 on them."""
+    tokenizer_path = workdir / "data" / "processed" / "tokenizer.txt"
+    decoder = CaptionDecoderConfig(width=16, depth=1, heads=2)
+    path = save_untrained_captioner(tmp_path / "old.pt", ViTConfig(**TINY_VIT), decoder,
+                                    CaptionerRunConfig(decoder=decoder), tokenizer_path.read_text(),
+                                    load_tokenizer(tokenizer_path).vocab_size, 8)
+    payload = load_checkpoint(path, kind="captioner")
+    payload["config"]["eval"] = {"beam_size": 2, "alpha": 0.6, "max_len": 8, "bleu_images": 50, "patience": 0}
+    save_checkpoint(path, payload)
+    with pytest.warns(ConfigWarning, match="bleu_images=50 is read as select_images=50 with select_by=BLEU-4"):
+        model, _, payload = load_captioner(path)
+    with pytest.warns(ConfigWarning):
+        evaluation = config_from_dict(CaptionerRunConfig, payload["config"]).eval
+    assert (evaluation.select_by, evaluation.select_images, evaluation.beam_size) == ("BLEU-4", 50, 2)
 
 
 def test_bad_kinds_name_the_key(workdir):
