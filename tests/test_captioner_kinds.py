@@ -93,14 +93,19 @@ def test_every_kind_trains_resumes_exactly_and_evaluates(workdir, encoder_kind, 
                           "--attention", str(workdir / "maps"), "--no-progress"])
 
 
-def test_pre_resnet_checkpoints_still_load(workdir, tmp_path):
-    """A ViT + transformer checkpoint whose config predates encoder_kind/decoder_kind loads as before."""
+def old_checkpoint(workdir, tmp_path) -> tuple:
+    """(path, payload) of a tiny ViT + transformer checkpoint, whose payload a test turns into an older format."""
     tokenizer_path = workdir / "data" / "processed" / "tokenizer.txt"
     decoder = CaptionDecoderConfig(width=16, depth=1, heads=2)
     path = save_untrained_captioner(tmp_path / "old.pt", ViTConfig(**TINY_VIT), decoder,
                                     CaptionerRunConfig(decoder=decoder), tokenizer_path.read_text(),
                                     load_tokenizer(tokenizer_path).vocab_size, 8)
-    payload = load_checkpoint(path, kind="captioner")
+    return path, load_checkpoint(path, kind="captioner")
+
+
+def test_pre_resnet_checkpoints_still_load(workdir, tmp_path):
+    """A ViT + transformer checkpoint whose config predates encoder_kind/decoder_kind loads as before."""
+    path, payload = old_checkpoint(workdir, tmp_path)
     for key in ("encoder_kind", "decoder_kind", "resnet", "lstm", "eos_suppression"):
         payload["config"].pop(key, None)
     payload["config"]["train"].pop("schedule", None)
@@ -111,12 +116,7 @@ def test_pre_resnet_checkpoints_still_load(workdir, tmp_path):
 
 def test_checkpoints_from_before_select_by_load_with_their_bleu4_selection(workdir, tmp_path):
     """eval.bleu_images (best epoch by BLEU-4 on that many val images) reads as select_by BLEU-4 on them."""
-    tokenizer_path = workdir / "data" / "processed" / "tokenizer.txt"
-    decoder = CaptionDecoderConfig(width=16, depth=1, heads=2)
-    path = save_untrained_captioner(tmp_path / "old.pt", ViTConfig(**TINY_VIT), decoder,
-                                    CaptionerRunConfig(decoder=decoder), tokenizer_path.read_text(),
-                                    load_tokenizer(tokenizer_path).vocab_size, 8)
-    payload = load_checkpoint(path, kind="captioner")
+    path, payload = old_checkpoint(workdir, tmp_path)
     payload["config"]["eval"] = {"beam_size": 2, "alpha": 0.6, "max_len": 8, "bleu_images": 50, "patience": 0}
     save_checkpoint(path, payload)
     with pytest.warns(ConfigWarning, match="bleu_images=50 is read as select_images=50 with select_by=BLEU-4"):
