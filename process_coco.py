@@ -95,12 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "(the default when --coco-dir or --base-url is given); wit: the WIT shards of "
                              "--wit-files (the default when it is given); urls: the URL-caption list --url-file, "
                              "fetched into <data-dir>/raw (the default when it is given); karpathy: Karpathy's "
-                             "split file "
-                             "--karpathy-file; flickr8k: Flickr8k's text files in --flickr8k-dir")
+                             "split file --karpathy-file; flickr8k: Flickr8k's text files in --flickr8k-dir")
     parser.add_argument("--data-dir", default=None,
                         help="where raw/ and processed/ go (default: data/shapes, data/coco, data/wit, data/urls, "
-                             "data/flickr8k; "
-                             "karpathy: data/coco_karpathy, data/flickr8k or data/flickr30k after the file's name)")
+                             "data/flickr8k; karpathy: data/coco_karpathy, data/flickr8k or data/flickr30k after "
+                             "the file's name)")
     parser.add_argument("--karpathy-file", default=None, metavar="JSON",
                         help="Karpathy's dataset_coco.json, dataset_flickr8k.json or dataset_flickr30k.json "
                              "(images[] with filename, filepath, split, sentences[].raw, cocoid or imgid)")

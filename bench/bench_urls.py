@@ -34,11 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from bench.bench_train import CAPTIONS_PER_IMAGE, captioner_setup, make_model_step, timed  # noqa: E402
+from bench.bench_train import CAPTIONER_PRESETS, CAPTIONS_PER_IMAGE, captioner_section  # noqa: E402
+from captioner.config import CaptionerRunConfig, EncoderRunConfig, load_config  # noqa: E402
 from captioner.data.image_io import resize_and_center_crop  # noqa: E402
 from captioner.data.url_fetch import FetchSettings, UrlFetcher  # noqa: E402
-from captioner.training.devices import resolve_precision  # noqa: E402
-from captioner.training.unfreeze import set_trainable, unfreeze_schedule  # noqa: E402
 
 N_PATHS = 5000  # distinct URLs the server knows (each fetched at most once per measurement)
 
@@ -80,24 +79,14 @@ def fetch_rate(base_url: str, concurrency: int, n: int, size: int, offset: int) 
 
 
 def step_rates(args, device: torch.device) -> tuple[dict[str, float], int]:
-    """Images/s of the captioner's training step (the preset's batch), encoder frozen and unfrozen; and the
-    preset's image size."""
-    cfg, vit, model, optimizer, unfrozen, batches, loss_fn = captioner_setup(args, device)
-    precision = resolve_precision(cfg.train.precision, device, training=True)
-    run = make_model_step(model, optimizer, cfg.train, device, precision)
-    U = batches[0]["images"].shape[0]  # images per step
-    frozen = unfreeze_schedule(vit.depth, 0, start_epoch=1, decay=cfg.unfreeze.decay)
-    rates = {}
-    for name, states in (("frozen", frozen), ("unfrozen", unfrozen)):
-        set_trainable(model, states)
-        run([batches[i % 4] for i in range(args.warmup)], loss_fn, states)
-        seconds = timed(lambda states=states: run([batches[i % 4] for i in range(args.steps)], loss_fn, states),
-                        device)
-        rates[name] = args.steps * U / seconds
-    print(f"captioner step ({args.preset} preset, {vit.image_size} px, {U} images x {CAPTIONS_PER_IMAGE} captions "
-          f"per step, {precision}, {torch.get_num_threads()} threads): frozen encoder {rates['frozen']:.0f} images/s, "
+    """Images/s of the captioner's training step (the preset's batch), encoder frozen and unfrozen, as
+    bench_train.py's captioner section measures them; and the preset's image size."""
+    frozen, unfrozen = captioner_section(args, device)  # captions/s, CAPTIONS_PER_IMAGE per image
+    rates = {name: row.images_per_s / CAPTIONS_PER_IMAGE for name, row in (("frozen", frozen), ("unfrozen", unfrozen))}
+    print(f"captioner step ({torch.get_num_threads()} threads): frozen encoder {rates['frozen']:.0f} images/s, "
           f"unfrozen {rates['unfrozen']:.0f} images/s")
-    return rates, vit.image_size
+    cfg = load_config(CaptionerRunConfig, CAPTIONER_PRESETS[args.preset])
+    return rates, load_config(EncoderRunConfig, ROOT / cfg.encoder_config).model.image_size
 
 
 def main() -> None:
@@ -110,7 +99,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed captioner steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed captioner steps first (default: %(default)s)")
     args = parser.parse_args()
-    args.compile, args.compile_mode, args.batch_size = False, "default", None  # what captioner_setup reads
+    # what bench_train's captioner section reads besides --steps, --warmup and --preset
+    args.compile, args.compile_mode, args.batch_size, args.peak_tflops = False, "default", None, None
 
     device = torch.device("cpu")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python "
